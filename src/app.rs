@@ -1,0 +1,305 @@
+//! Wiring: the only module that knows all others. Builds every stage from a
+//! validated [`Config`], joins them with channels, binds the metrics port,
+//! and runs the shutdown sequence.
+//!
+//! Shutdown: the token stops ingress taking commands; the queue finishes the
+//! calls in flight (no new attempt starts); their results and acks go out;
+//! then `offline` is published and the connection closed. The grace period
+//! bounds all of it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ack::{AckTracker, Acker};
+use crate::config::Config;
+use crate::ha::{token_channel, watch_token, AuthGate, HaClient};
+use crate::http::{self, HttpState};
+use crate::ingress::{self, Ingress, Outputs};
+use crate::metrics::{Health, Metrics};
+use crate::publisher::{Publisher, Report};
+use crate::queue::{Dispatcher, Executor, RateLimiter};
+
+/// How long in-flight calls may take to finish at shutdown.
+pub const GRACE: Duration = Duration::from_secs(15);
+
+/// How often HA is probed (`GET /api/`) for readiness.
+pub const PROBE_EVERY: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} (metrics.listen): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the home assistant token: {0}")]
+    Token(std::io::Error),
+    #[error(transparent)]
+    HaClient(#[from] crate::ha::ClientBuildError),
+    #[error(transparent)]
+    Mqtt(#[from] ingress::MqttSetupError),
+}
+
+/// A started gateway.
+pub struct Running {
+    /// Where `/metrics`, `/healthz`, `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    pub metrics: Metrics,
+    /// Wakes the token watcher (SIGHUP).
+    pub reload: Arc<Notify>,
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the gateway has shut down (after the token was cancelled).
+    pub async fn wait(self) {
+        if let Err(e) = self.done.await {
+            tracing::error!(error = %e, "shutdown task failed");
+        }
+    }
+}
+
+/// Starts every stage; returns once the metrics port is bound.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    let listener = TcpListener::bind(config.metrics.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.metrics.listen,
+            source,
+        })?;
+    let metrics_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.metrics.listen,
+        source,
+    })?;
+    tracing::info!(addr = %metrics_addr, "serving /metrics, /healthz, /readyz");
+
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let capacity = config.queue.capacity.get() as usize;
+    metrics.queue_capacity.set(capacity as i64);
+    let held = Arc::new(AtomicUsize::new(0));
+
+    let (token_tx, token_rx) =
+        token_channel(&config.home_assistant.token).map_err(StartError::Token)?;
+    let gate = AuthGate::new(config.home_assistant.auth_backoff, token_rx);
+    let ha = HaClient::new(&config.home_assistant, gate)?;
+
+    let receive_maximum = u16::try_from(capacity).unwrap_or(u16::MAX);
+    let options = ingress::options(&config.mqtt, receive_maximum)?;
+    let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, ingress::REQUEST_CHANNEL);
+    tracing::info!(broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), client_id = %config.mqtt.client_id, "connecting to the mqtt broker");
+
+    let tracker = Arc::new(Mutex::new(AckTracker::default()));
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (report_tx, report_rx) = mpsc::unbounded_channel::<Report>();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+
+    let tasks = TaskTracker::new();
+    let stop_polling = CancellationToken::new();
+    let reload = Arc::new(Notify::new());
+
+    let executor = Arc::new(Executor {
+        ha: ha.clone(),
+        limiter: RateLimiter::new(config.queue.rate_per_second, config.queue.burst),
+        max_attempts: config.home_assistant.max_attempts,
+        retry: config.home_assistant.retry,
+        metrics: metrics.clone(),
+        health: Arc::clone(&health),
+        shutdown: shutdown.clone(),
+    });
+    let dispatcher = Dispatcher {
+        executor,
+        concurrency: config.queue.concurrency,
+    };
+    let pipeline = TaskTracker::new();
+    pipeline.spawn(dispatcher.run(cmd_rx, report_tx.clone()));
+    pipeline.spawn(
+        Publisher::new(
+            client.clone(),
+            config.mqtt.prefix.clone(),
+            metrics.clone(),
+            Arc::clone(&held),
+            ack_tx.clone(),
+        )
+        .run(report_rx),
+    );
+    pipeline.spawn(
+        Acker {
+            tracker: Arc::clone(&tracker),
+            client: client.clone(),
+        }
+        .run(ack_rx),
+    );
+    pipeline.close();
+
+    let ingress = Ingress {
+        client,
+        eventloop,
+        config: config.mqtt.clone(),
+        access: config.access.clone(),
+        tracker,
+        metrics: metrics.clone(),
+        health: Arc::clone(&health),
+        held: Arc::clone(&held),
+        capacity,
+        max_age: config.queue.max_age,
+    };
+    let outputs = Outputs {
+        commands: cmd_tx,
+        reports: report_tx,
+        acks: ack_tx,
+    };
+    tasks.spawn(ingress.run(outputs, shutdown.clone(), stop_polling.clone()));
+    tasks.spawn(watch_token(
+        config.home_assistant.token.clone(),
+        token_tx,
+        Arc::clone(&reload),
+        shutdown.clone(),
+    ));
+    tasks.spawn(probe_ha(
+        ha,
+        Arc::clone(&health),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        health,
+        held,
+        capacity,
+    };
+    let http_stop = CancellationToken::new();
+    tasks.spawn(http::serve(listener, http_state, http_stop.clone()));
+    tasks.close();
+
+    let done = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: finishing calls in flight");
+        if tokio::time::timeout(GRACE, pipeline.wait()).await.is_err() {
+            tracing::warn!(
+                grace_secs = GRACE.as_secs(),
+                "calls still in flight after the grace period; the broker redelivers them"
+            );
+        }
+        stop_polling.cancel();
+        http_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop in time");
+        }
+        tracing::info!("stopped");
+    });
+    Ok(Running {
+        metrics_addr,
+        metrics,
+        reload,
+        done,
+    })
+}
+
+/// Keeps `/readyz` honest while no commands flow: `GET /api/` now and then,
+/// never while the auth gate is closed (no hammering with a refused token).
+async fn probe_ha(
+    ha: HaClient,
+    health: Arc<Health>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if ha.gate.wait_open(tokio::time::Instant::now()).await.is_ok() {
+            let (reachable, token_ok) = match ha.probe().await {
+                Ok(()) => (true, true),
+                Err(e) if e.kind == crate::ha::HaErrorKind::Unauthorized => (true, false),
+                Err(e) => {
+                    tracing::debug!(error = %e, "home assistant probe failed");
+                    (false, Health::get(&health.ha_token_ok))
+                }
+            };
+            Health::set(&health.ha_reachable, reachable);
+            Health::set(&health.ha_token_ok, token_ok);
+            metrics.ha_up.set(i64::from(reachable && token_ok));
+        } else {
+            Health::set(&health.ha_token_ok, false);
+            metrics.ha_up.set(0);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+    }
+}
+
+/// `check --online`: reach the broker and HA with the token; print each result.
+pub async fn check_online(config: &Config, timeout: Duration) -> bool {
+    let broker = check_broker(config, timeout).await;
+    match &broker {
+        Ok(()) => println!(
+            "mqtt: connected to {}:{}",
+            config.mqtt.host, config.mqtt.port
+        ),
+        Err(e) => println!("error: mqtt.url: {e}"),
+    }
+    let ha = async {
+        let (_tx, rx) = token_channel(&config.home_assistant.token).map_err(|e| e.to_string())?;
+        let client = HaClient::new(
+            &config.home_assistant,
+            AuthGate::new(config.home_assistant.auth_backoff, rx),
+        )
+        .map_err(|e| e.to_string())?;
+        client.probe().await.map_err(|e| match e.kind {
+            crate::ha::HaErrorKind::Unauthorized => "the token was refused (401/403)".to_owned(),
+            _ => e.to_string(),
+        })
+    }
+    .await;
+    match &ha {
+        Ok(()) => println!(
+            "home assistant: {} accepts the token",
+            config.home_assistant.url
+        ),
+        Err(e) => println!("error: home_assistant: {e}"),
+    }
+    broker.is_ok() && ha.is_ok()
+}
+
+async fn check_broker(config: &Config, timeout: Duration) -> Result<(), String> {
+    let mut mqtt = config.mqtt.clone();
+    // A different id: never take over the running gateway's session.
+    mqtt.client_id = format!("{}-check", mqtt.client_id);
+    let mut options = ingress::options(&mqtt, 1).map_err(|e| e.to_string())?;
+    options
+        .set_clean_start(true)
+        .set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+            "",
+            "",
+            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            false,
+            None,
+        ));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 10);
+    let result = tokio::time::timeout(timeout, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(
+                    _,
+                ))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer from the broker".to_owned()));
+    let _ = client.try_disconnect();
+    result
+}

@@ -1,0 +1,230 @@
+//! The vocabulary of the data path: a service call, a command that carries
+//! one through the queue, and the outcome every command ends with.
+//!
+//! Plain data, no I/O. Error codes are a closed set: they appear in results,
+//! logs and metric labels, so adding one is a contract change.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::topic::Slug;
+
+/// A Home Assistant service call: `POST /api/services/<domain>/<service>`
+/// with `data` as the JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceCall {
+    pub domain: Slug,
+    pub service: Slug,
+    pub data: Map<String, Value>,
+}
+
+impl ServiceCall {
+    /// The entity ids this call targets, as written in `entity_id` (a string,
+    /// a comma-separated string or a list). Used for ordering and access.
+    pub fn entity_ids(&self) -> Vec<&str> {
+        match self.data.get("entity_id") {
+            Some(Value::String(s)) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::trim)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `domain.service`, for logs and access rules.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.domain, self.service)
+    }
+
+    /// Keys that serialise this call against others: its entities, or the
+    /// service itself when it names none (a script, a notification).
+    pub fn order_keys(&self) -> Vec<String> {
+        let ids = self.entity_ids();
+        if ids.is_empty() {
+            vec![format!("service:{}", self.name())]
+        } else {
+            ids.into_iter().map(str::to_owned).collect()
+        }
+    }
+
+    /// Whether sending this call twice could do something different from
+    /// sending it once. A timed-out call that is not idempotent is never
+    /// re-sent: Home Assistant keeps running a call after the client leaves.
+    pub fn is_idempotent(&self) -> bool {
+        const NEVER: &[&str] = &[
+            "automation",
+            "button",
+            "counter",
+            "hassio",
+            "homeassistant",
+            "input_button",
+            "lock",
+            "notify",
+            "python_script",
+            "pyscript",
+            "rest_command",
+            "script",
+            "shell_command",
+            "timer",
+        ];
+        const STEPS: &[&str] = &["brightness_step", "brightness_step_pct", "color_temp_step"];
+        let service = self.service.as_str();
+        let safe_service = matches!(
+            service,
+            "turn_on"
+                | "turn_off"
+                | "open_cover"
+                | "close_cover"
+                | "open_valve"
+                | "close_valve"
+                | "stop_cover"
+        ) || service.starts_with("set_")
+            || service.starts_with("select_");
+        safe_service
+            && !NEVER.contains(&self.domain.as_str())
+            && !STEPS.iter().any(|k| self.data.contains_key(*k))
+    }
+}
+
+/// Where and how to answer a command.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplyTo {
+    /// MQTT 5 response topic of the command, if any.
+    pub response_topic: Option<String>,
+    /// MQTT 5 correlation data of the command, echoed as-is.
+    pub correlation_data: Option<Bytes>,
+    /// The `correlation` field of the JSON payload, echoed in the result.
+    pub correlation: Option<Value>,
+}
+
+/// A fixed, short reason for every command that did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidTopic,
+    InvalidJson,
+    InvalidPayload,
+    PayloadTooLarge,
+    ServiceDenied,
+    EntityDenied,
+    QueueFull,
+    Expired,
+    /// HA answered 4xx: the call itself is wrong (unknown service, bad data).
+    HaError,
+    /// HA refused the token (401/403) until the command expired.
+    HaUnauthorized,
+    /// HA failed (5xx, 429, unreachable) on every attempt.
+    HaUnavailable,
+    /// A non-idempotent call timed out: it may or may not have run.
+    HaTimeout,
+    /// The gateway stopped before the command could run; the broker redelivers QoS 1.
+    ShuttingDown,
+    /// The command was published with the retain flag: ignored, since it
+    /// would replay at every restart.
+    Retained,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 14] = [
+        Self::InvalidTopic,
+        Self::InvalidJson,
+        Self::InvalidPayload,
+        Self::PayloadTooLarge,
+        Self::ServiceDenied,
+        Self::EntityDenied,
+        Self::QueueFull,
+        Self::Expired,
+        Self::HaError,
+        Self::HaUnauthorized,
+        Self::HaUnavailable,
+        Self::HaTimeout,
+        Self::ShuttingDown,
+        Self::Retained,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidTopic => "invalid_topic",
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidPayload => "invalid_payload",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::ServiceDenied => "service_denied",
+            Self::EntityDenied => "entity_denied",
+            Self::QueueFull => "queue_full",
+            Self::Expired => "expired",
+            Self::HaError => "ha_error",
+            Self::HaUnauthorized => "ha_unauthorized",
+            Self::HaUnavailable => "ha_unavailable",
+            Self::HaTimeout => "ha_timeout",
+            Self::ShuttingDown => "shutting_down",
+            Self::Retained => "retained",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// HTTP status of the last HA answer, if HA answered.
+    pub status: Option<u16>,
+    /// The states HA returned as changed by the call (full state objects).
+    pub changed: Vec<Value>,
+    pub error: Option<ErrorCode>,
+    /// A human-readable detail for the log (never the token, never a body
+    /// larger than a line).
+    pub detail: Option<String>,
+}
+
+impl Outcome {
+    pub fn done(status: u16, changed: Vec<Value>) -> Self {
+        Self {
+            status: Some(status),
+            changed,
+            error: None,
+            detail: None,
+        }
+    }
+
+    pub fn failed(
+        error: ErrorCode,
+        status: Option<u16>,
+        detail: impl Into<Option<String>>,
+    ) -> Self {
+        Self {
+            status,
+            changed: Vec::new(),
+            error: Some(error),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// A translated, admitted command on its way to Home Assistant.
+#[derive(Debug)]
+pub struct Command {
+    /// Arrival sequence number (also the acknowledgement handle).
+    pub seq: u64,
+    pub call: ServiceCall,
+    pub reply: ReplyTo,
+    pub received_at: Instant,
+    /// Not executed after this instant (`queue.max_age`, MQTT 5 message expiry).
+    pub deadline: Instant,
+}

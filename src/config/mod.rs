@@ -1,0 +1,523 @@
+//! Configuration: load (defaults < TOML file < `MQTT_HA_GATEWAY_*` env), then
+//! validate into typed values.
+//!
+//! Owns every rule about what a valid setting is. Nothing outside this module
+//! reads the environment or parses a duration, URL or glob from config; every
+//! error names the key path (`queue.max_age`) so `check` can print them all.
+
+mod raw;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::Value;
+use figment::Figment;
+use secrecy::SecretString;
+use url::Url;
+
+pub use raw::RawConfig;
+
+use crate::access::AccessPolicy;
+use crate::backoff::Backoff;
+use crate::topic::TopicPrefix;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "MQTT_HA_GATEWAY_";
+
+/// One problem with the configuration, at a key path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found, in file order where possible.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub home_assistant: HaConfig,
+    pub queue: QueueConfig,
+    pub access: AccessPolicy,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub client_id: String,
+    pub prefix: TopicPrefix,
+    pub username: Option<String>,
+    pub password: Option<SecretSource>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub keep_alive: Duration,
+    pub session_expiry: Duration,
+    pub reconnect: Backoff,
+}
+
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// Base URL without a trailing slash.
+    pub url: Url,
+    pub token: SecretSource,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub max_attempts: NonZeroU32,
+    pub retry: Backoff,
+    pub auth_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub capacity: NonZeroU32,
+    /// `None` = unlimited.
+    pub rate_per_second: Option<NonZeroU32>,
+    pub burst: NonZeroU32,
+    pub max_age: Duration,
+    pub concurrency: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Where a secret comes from. A file is re-read at run time when it changes.
+#[derive(Clone)]
+pub enum SecretSource {
+    Inline(SecretString),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("SecretSource::Inline([redacted])"),
+            Self::File(p) => write!(f, "SecretSource::File({})", p.display()),
+        }
+    }
+}
+
+impl SecretSource {
+    /// The current value: trimmed file content or the inline value.
+    pub fn read(&self) -> Result<SecretString, std::io::Error> {
+        match self {
+            Self::Inline(s) => Ok(s.clone()),
+            Self::File(p) => {
+                let text = std::fs::read_to_string(p)?;
+                let trimmed = text.trim();
+                if trimmed.is_empty() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "file is empty",
+                    ));
+                }
+                Ok(SecretString::from(trimmed.to_owned()))
+            }
+        }
+    }
+}
+
+/// Loads defaults < `file` (if it exists or was named explicitly) < env.
+///
+/// `vars` are the environment variables to apply (so tests need not touch
+/// the process environment).
+pub fn load(
+    file: &Path,
+    file_required: bool,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let raw = load_raw(file, file_required, vars)?;
+    validate(raw)
+}
+
+/// The figment layering, without validation.
+pub fn load_raw(
+    file: &Path,
+    file_required: bool,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<RawConfig, ConfigErrors> {
+    if file_required && !file.exists() {
+        return Err(ConfigErrors(vec![ConfigError::new(
+            "--config",
+            format!("file {} not found", file.display()),
+        )]));
+    }
+    let env: Vec<(String, String)> = vars
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(ENV_PREFIX)?.to_owned(), v)))
+        // MQTT_HA_GATEWAY_CONFIG names the file, it is not a key.
+        .filter(|(k, _)| k != "CONFIG")
+        .collect();
+    let mut figment = Figment::new().merge(Toml::file(file));
+    for (key, value) in env {
+        let path = key.to_ascii_lowercase().replace("__", ".");
+        figment = figment.merge(Serialized::global(&path, env_value(&path, &value)));
+    }
+    figment.extract().map_err(|e| {
+        ConfigErrors(
+            e.into_iter()
+                .map(|e| {
+                    let mut key = e.path.join(".");
+                    if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+                        key = if key.is_empty() {
+                            field.clone()
+                        } else {
+                            format!("{key}.{field}")
+                        };
+                    }
+                    if key.is_empty() {
+                        key = "(file)".into();
+                    }
+                    ConfigError::new(&key, e.kind.to_string())
+                })
+                .collect(),
+        )
+    })
+}
+
+/// An env var's value: secrets and names stay strings ("0123" is a password,
+/// not a number); everything else is read like a TOML value (`20`, `true`,
+/// `["light.*"]`).
+fn env_value(path: &str, value: &str) -> Value {
+    const ALWAYS_STRING: &[&str] = &["token", "password", "username", "client_id", "topic_prefix"];
+    let leaf = path.rsplit('.').next().unwrap_or(path);
+    if ALWAYS_STRING.contains(&leaf) {
+        return Value::from(value.to_owned());
+    }
+    value
+        .parse()
+        .unwrap_or_else(|never: std::convert::Infallible| match never {})
+}
+
+/// Turns the raw layers into a [`Config`], collecting every problem.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut v = Validator::default();
+    let mqtt = v.mqtt(raw.mqtt);
+    let home_assistant = v.home_assistant(raw.home_assistant);
+    let queue = v.queue(raw.queue);
+    let access = v.record(
+        "access.allow_services",
+        AccessPolicy::new(&raw.access.allow_services),
+    );
+    let listen = v.record(
+        "metrics.listen",
+        raw.metrics
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{e} (expected ip:port)")),
+    );
+    let log = v.log(raw.log);
+    match (mqtt, home_assistant, queue, access, listen, log) {
+        (Some(mqtt), Some(home_assistant), Some(queue), Some(access), Some(listen), Some(log))
+            if v.errors.is_empty() =>
+        {
+            Ok(Config {
+                mqtt,
+                home_assistant,
+                queue,
+                access,
+                metrics: MetricsConfig { listen },
+                log,
+            })
+        }
+        _ => Err(ConfigErrors(v.errors)),
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn record<T, E: std::fmt::Display>(&mut self, key: &str, r: Result<T, E>) -> Option<T> {
+        r.map_err(|e| self.errors.push(ConfigError::new(key, e.to_string())))
+            .ok()
+    }
+
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError::new(key, message));
+    }
+
+    fn duration(&mut self, key: &str, text: &str) -> Option<Duration> {
+        let d = self.record(
+            key,
+            humantime::parse_duration(text).map_err(|e| {
+                format!("{e} (expected a duration such as \"500ms\", \"30s\", \"5m\")")
+            }),
+        )?;
+        if d.is_zero() {
+            self.error(key, "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn non_zero(&mut self, key: &str, n: u32) -> Option<NonZeroU32> {
+        self.record(key, NonZeroU32::new(n).ok_or("must be at least 1"))
+    }
+
+    fn backoff(&mut self, keys: (&str, &str), min: &str, max: &str) -> Option<Backoff> {
+        let (min, max) = (self.duration(keys.0, min)?, self.duration(keys.1, max)?);
+        self.record(keys.1, Backoff::try_new(min, max))
+    }
+
+    fn file(&mut self, key: &str, path: Option<String>) -> Option<PathBuf> {
+        let path = PathBuf::from(path?);
+        if !path.is_file() {
+            self.error(key, format!("file {} not found", path.display()));
+        }
+        Some(path)
+    }
+
+    fn secret(
+        &mut self,
+        keys: (&str, &str),
+        inline: Option<String>,
+        file: Option<String>,
+    ) -> Option<SecretSource> {
+        let source = match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    keys.0,
+                    format!("set either {} or {}, not both", keys.0, keys.1),
+                );
+                return None;
+            }
+            (Some(s), None) if s.trim().is_empty() => {
+                self.error(keys.0, "is empty");
+                return None;
+            }
+            (Some(s), None) => SecretSource::Inline(SecretString::from(s.trim().to_owned())),
+            (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
+            (None, None) => return None,
+        };
+        if let SecretSource::File(p) = &source {
+            if let Err(e) = source.read() {
+                self.error(keys.1, format!("cannot read {}: {e}", p.display()));
+                return None;
+            }
+        }
+        Some(source)
+    }
+
+    fn mqtt(&mut self, raw: raw::RawMqtt) -> Option<MqttConfig> {
+        let url = self.record("mqtt.url", Url::parse(&raw.url).map_err(|e| format!("{e}")));
+        let endpoint = url.and_then(|url| {
+            let tls = match url.scheme() {
+                "mqtt" | "tcp" => false,
+                "mqtts" | "ssl" => true,
+                other => {
+                    self.error(
+                        "mqtt.url",
+                        format!("scheme {other:?} is not mqtt:// or mqtts://"),
+                    );
+                    return None;
+                }
+            };
+            let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+                self.error("mqtt.url", "has no host");
+                return None;
+            };
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            Some((
+                host,
+                url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+                tls,
+            ))
+        });
+        if raw.client_id.is_empty() || raw.client_id.len() > 23 * 4 {
+            self.error("mqtt.client_id", "must be 1 to 92 characters");
+        }
+        let prefix = self.record("mqtt.topic_prefix", TopicPrefix::new(&raw.topic_prefix));
+        let password = self.secret(
+            ("mqtt.password", "mqtt.password_file"),
+            raw.password,
+            raw.password_file,
+        );
+        if password.is_some() && raw.username.is_none() {
+            self.error("mqtt.username", "is required when a password is set");
+        }
+        let ca_file = self.file("mqtt.ca_file", raw.ca_file);
+        let cert = self.file("mqtt.client_cert_file", raw.client_cert_file);
+        let key = self.file("mqtt.client_key_file", raw.client_key_file);
+        let client_cert = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                self.error(
+                    "mqtt.client_cert_file",
+                    "client_cert_file and client_key_file go together",
+                );
+                None
+            }
+        };
+        let keep_alive = self.duration("mqtt.keep_alive", &raw.keep_alive);
+        if keep_alive.is_some_and(|k| k < Duration::from_secs(5)) {
+            self.error("mqtt.keep_alive", "must be at least 5s");
+        }
+        let session_expiry = self.duration("mqtt.session_expiry", &raw.session_expiry);
+        let reconnect = self.backoff(
+            ("mqtt.reconnect_min", "mqtt.reconnect_max"),
+            &raw.reconnect_min,
+            &raw.reconnect_max,
+        );
+        let (host, port, tls) = endpoint?;
+        if (ca_file.is_some() || client_cert.is_some()) && !tls {
+            self.error("mqtt.ca_file", "TLS files need an mqtts:// url");
+        }
+        Some(MqttConfig {
+            host,
+            port,
+            tls,
+            client_id: raw.client_id,
+            prefix: prefix?,
+            username: raw.username,
+            password,
+            ca_file,
+            client_cert,
+            keep_alive: keep_alive?,
+            session_expiry: session_expiry?,
+            reconnect: reconnect?,
+        })
+    }
+
+    fn home_assistant(&mut self, raw: raw::RawHomeAssistant) -> Option<HaConfig> {
+        let url = self.record(
+            "home_assistant.url",
+            Url::parse(&raw.url).map_err(|e| e.to_string()),
+        );
+        let url = url.and_then(|url| {
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                self.error(
+                    "home_assistant.url",
+                    "must be an http:// or https:// url with a host",
+                );
+                return None;
+            }
+            if url.query().is_some() || !url.username().is_empty() {
+                self.error(
+                    "home_assistant.url",
+                    "must not carry a query or credentials",
+                );
+                return None;
+            }
+            Some(url)
+        });
+        let token = self.secret(
+            ("home_assistant.token", "home_assistant.token_file"),
+            raw.token,
+            raw.token_file,
+        );
+        if token.is_none()
+            && !self
+                .errors
+                .iter()
+                .any(|e| e.key.starts_with("home_assistant.token"))
+        {
+            self.error(
+                "home_assistant.token",
+                "a long-lived access token is required: set home_assistant.token_file or MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN",
+            );
+        }
+        let request_timeout = self.duration("home_assistant.request_timeout", &raw.request_timeout);
+        let connect_timeout = self.duration("home_assistant.connect_timeout", &raw.connect_timeout);
+        let ca_file = self.file("home_assistant.ca_file", raw.ca_file);
+        let max_attempts = self.non_zero("home_assistant.max_attempts", raw.max_attempts);
+        let retry = self.backoff(
+            ("home_assistant.retry_min", "home_assistant.retry_max"),
+            &raw.retry_min,
+            &raw.retry_max,
+        );
+        let auth_backoff = self.duration("home_assistant.auth_backoff", &raw.auth_backoff);
+        Some(HaConfig {
+            url: url?,
+            token: token?,
+            request_timeout: request_timeout?,
+            connect_timeout: connect_timeout?,
+            ca_file,
+            max_attempts: max_attempts?,
+            retry: retry?,
+            auth_backoff: auth_backoff?,
+        })
+    }
+
+    fn queue(&mut self, raw: raw::RawQueue) -> Option<QueueConfig> {
+        let capacity = self.non_zero("queue.capacity", raw.capacity);
+        let burst = self.non_zero("queue.burst", raw.burst);
+        let max_age = self.duration("queue.max_age", &raw.max_age);
+        let concurrency = self.non_zero("queue.concurrency", raw.concurrency);
+        if let (Some(c), Some(n)) = (capacity, concurrency) {
+            if n > c {
+                self.error("queue.concurrency", "must not exceed queue.capacity");
+            }
+        }
+        Some(QueueConfig {
+            capacity: capacity?,
+            rate_per_second: NonZeroU32::new(raw.rate_per_second),
+            burst: burst?,
+            max_age: max_age?,
+            concurrency: concurrency?,
+        })
+    }
+
+    fn log(&mut self, raw: raw::RawLog) -> Option<LogConfig> {
+        let format = match raw.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => {
+                self.error("log.format", "must be \"text\" or \"json\"");
+                return None;
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&raw.level).is_err() {
+            self.error(
+                "log.level",
+                "is not a level (error, warn, info, debug, trace) or filter",
+            );
+            return None;
+        }
+        Some(LogConfig {
+            level: raw.level,
+            format,
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! The configuration exactly as a user writes it: TOML file, overridden by
+//! `MQTT_HA_GATEWAY_*` environment variables.
+//!
+//! Every field has a default and a doc comment; unknown keys are an error.
+//! Nothing here is checked beyond its type: [`super::validate`] turns a
+//! [`RawConfig`] into a typed [`super::Config`] and names the key path of
+//! every problem.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub mqtt: RawMqtt,
+    pub home_assistant: RawHomeAssistant,
+    pub queue: RawQueue,
+    pub access: RawAccess,
+    pub state: RawState,
+    pub metrics: RawMetrics,
+    pub log: RawLog,
+}
+
+/// `[mqtt]`: the broker connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMqtt {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS).
+    pub url: String,
+    /// Fixed client id: the broker keeps our session (and unacked commands) under it.
+    pub client_id: String,
+    /// First level of every topic the gateway uses.
+    pub topic_prefix: String,
+    /// MQTT username.
+    pub username: Option<String>,
+    /// MQTT password (prefer `password_file`).
+    pub password: Option<String>,
+    /// File holding the MQTT password (Docker secret).
+    pub password_file: Option<String>,
+    /// CA certificate (PEM) for `mqtts://`; system roots when absent.
+    pub ca_file: Option<String>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub client_cert_file: Option<String>,
+    /// Client key (PEM) for mutual TLS.
+    pub client_key_file: Option<String>,
+    /// Keep-alive interval, e.g. "30s".
+    pub keep_alive: String,
+    /// How long the broker keeps our session after a disconnect, e.g. "1d".
+    pub session_expiry: String,
+    /// Reconnect backoff: first delay.
+    pub reconnect_min: String,
+    /// Reconnect backoff: longest delay.
+    pub reconnect_max: String,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "mqtt-ha-gateway".into(),
+            topic_prefix: "ha-gateway".into(),
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            keep_alive: "30s".into(),
+            session_expiry: "1d".into(),
+            reconnect_min: "500ms".into(),
+            reconnect_max: "30s".into(),
+        }
+    }
+}
+
+/// `[home_assistant]`: the REST API and its token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHomeAssistant {
+    /// Base URL of Home Assistant, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Long-lived access token (the environment is the usual place for it).
+    pub token: Option<String>,
+    /// File holding the token (Docker secret); re-read when it changes.
+    pub token_file: Option<String>,
+    /// Timeout of one HTTP request, e.g. "10s".
+    pub request_timeout: String,
+    /// Timeout of establishing a connection, e.g. "5s".
+    pub connect_timeout: String,
+    /// CA certificate (PEM) for `https://`; system roots when absent.
+    pub ca_file: Option<String>,
+    /// Attempts per command for retryable failures (5xx, 429, connection errors).
+    pub max_attempts: u32,
+    /// Retry backoff: first delay.
+    pub retry_min: String,
+    /// Retry backoff: longest delay.
+    pub retry_max: String,
+    /// After a 401/403, how long nothing is sent before one probe.
+    pub auth_backoff: String,
+}
+
+impl Default for RawHomeAssistant {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            token: None,
+            token_file: None,
+            request_timeout: "10s".into(),
+            connect_timeout: "5s".into(),
+            ca_file: None,
+            max_attempts: 5,
+            retry_min: "250ms".into(),
+            retry_max: "10s".into(),
+            auth_backoff: "30s".into(),
+        }
+    }
+}
+
+/// `[queue]`: admission, ordering and rate limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    /// Commands held at most (in flight + waiting).
+    pub capacity: u32,
+    /// Calls per second to Home Assistant; 0 = unlimited.
+    pub rate_per_second: u32,
+    /// Calls allowed in a burst above the rate.
+    pub burst: u32,
+    /// Commands older than this are expired, not executed.
+    pub max_age: String,
+    /// HTTP calls in flight at once (different entities).
+    pub concurrency: u32,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            rate_per_second: 20,
+            burst: 40,
+            max_age: "60s".into(),
+            concurrency: 8,
+        }
+    }
+}
+
+/// `[access]`: which services MQTT may call.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccess {
+    /// `domain.service` globs, e.g. `light.*`, `scene.turn_on`.
+    pub allow_services: Vec<String>,
+}
+
+impl Default for RawAccess {
+    fn default() -> Self {
+        Self {
+            allow_services: vec!["light.*".into(), "switch.*".into(), "scene.turn_on".into()],
+        }
+    }
+}
+
+/// `[state]`: the state mirror. Today only the states that calls return are
+/// published; its keys arrive with the live mirror.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {}
+
+/// `[metrics]`: the HTTP endpoint for Prometheus and health checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Address for `GET /metrics`, `/healthz`, `/readyz`. Loopback by default.
+    pub listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9184".into(),
+        }
+    }
+}
+
+/// `[log]`: diagnostics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `error`, `warn`, `info`, `debug`, `trace` or a full filter
+    /// (`RUST_LOG` wins when set).
+    pub level: String,
+    /// `text` (human) or `json`.
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}

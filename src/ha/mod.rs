@@ -1,0 +1,188 @@
+//! Home Assistant REST client: one keep-alive HTTP client, the Bearer token,
+//! timeouts, and the classification of every answer into [`HaError`] kinds.
+//!
+//! Owns nothing about retries or queues; it makes one attempt per call and
+//! says what happened. The token never reaches a log, an error or a metric.
+
+mod auth;
+mod error;
+mod token;
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use url::Url;
+
+pub use auth::{AuthGate, GateClosed};
+pub use error::{parse_retry_after, HaError, HaErrorKind, Retry};
+pub use token::{token_channel, watch_token};
+
+use crate::command::ServiceCall;
+use crate::config::HaConfig;
+
+/// What a successful service call returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallResponse {
+    pub status: u16,
+    /// The states HA reports as changed by the call.
+    pub changed: Vec<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HaClient {
+    http: reqwest::Client,
+    base: Url,
+    pub gate: AuthGate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("cannot read home_assistant.ca_file: {0}")]
+    CaFile(std::io::Error),
+    #[error("home_assistant.ca_file is not a PEM certificate: {0}")]
+    CaPem(reqwest::Error),
+    #[error("cannot build the http client: {0}")]
+    Http(reqwest::Error),
+}
+
+impl HaClient {
+    pub fn new(config: &HaConfig, gate: AuthGate) -> Result<Self, ClientBuildError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("mqtt-ha-gateway/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca).map_err(ClientBuildError::CaFile)?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(ClientBuildError::CaPem)?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let mut base = config.url.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(Self {
+            http: builder.build().map_err(ClientBuildError::Http)?,
+            base,
+            gate,
+        })
+    }
+
+    fn url(&self, path: &str) -> Url {
+        self.base
+            .join(path)
+            .expect("paths built from validated slugs always join")
+    }
+
+    fn bearer(&self) -> HeaderValue {
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", self.gate.token().expose_secret()))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token-characters"));
+        v.set_sensitive(true);
+        v
+    }
+
+    /// One attempt of `POST /api/services/<domain>/<service>`.
+    pub async fn call_service(&self, call: &ServiceCall) -> Result<CallResponse, HaError> {
+        let url = self.url(&format!("api/services/{}/{}", call.domain, call.service));
+        let response = self
+            .http
+            .post(url)
+            .header(AUTHORIZATION, self.bearer())
+            .json(&call.data)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = self.check_status(response).await?;
+        let (status, body) = status;
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Array(changed)) => Ok(CallResponse { status, changed }),
+            // Newer HA versions answer {"changed_states": […], "service_response": …}.
+            Ok(Value::Object(mut m)) => match m.remove("changed_states") {
+                Some(Value::Array(changed)) => Ok(CallResponse { status, changed }),
+                _ => Err(HaError::new(
+                    HaErrorKind::InvalidResponse,
+                    Some(status),
+                    "response is not a list of states",
+                )),
+            },
+            _ => Err(HaError::new(
+                HaErrorKind::InvalidResponse,
+                Some(status),
+                "response is not JSON",
+            )),
+        }
+    }
+
+    /// `GET /api/`: HA is up and accepts the token.
+    pub async fn probe(&self) -> Result<(), HaError> {
+        let response = self
+            .http
+            .get(self.url("api/"))
+            .header(AUTHORIZATION, self.bearer())
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        self.check_status(response).await.map(|_| ())
+    }
+
+    /// 2xx → status and body; otherwise the classified error. Tells the gate
+    /// about 401/403 and about every accepted answer.
+    async fn check_status(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<(u16, bytes::Bytes), HaError> {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        if (200..300).contains(&status) {
+            self.gate.accepted();
+            return Ok((status, body));
+        }
+        let kind = HaError::kind_for_status(status);
+        if kind == HaErrorKind::Unauthorized {
+            self.gate.refused();
+        } else {
+            self.gate.accepted();
+        }
+        let mut message =
+            String::from_utf8_lossy(&body[..body.len().min(200)]).replace(['\n', '\r'], " ");
+        if message.is_empty() {
+            message = format!("http {status}");
+        }
+        Err(HaError {
+            kind,
+            status: Some(status),
+            retry_after,
+            message,
+        })
+    }
+}
+
+impl HaClient {
+    fn transport_error(&self, e: reqwest::Error) -> HaError {
+        self.gate.inconclusive();
+        transport_error(e)
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> HaError {
+    let kind = if e.is_connect() {
+        HaErrorKind::Connect
+    } else if e.is_timeout() {
+        HaErrorKind::Timeout
+    } else {
+        HaErrorKind::Transport
+    };
+    // reqwest's messages name the URL, never headers: the token cannot leak here.
+    HaError::new(kind, None, e.without_url().to_string())
+}

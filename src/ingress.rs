@@ -1,0 +1,400 @@
+//! MQTT ingress: owns rumqttc's event loop, keeps the connection (with
+//! jittered backoff), subscribes, and turns each command message into either
+//! a queued [`Command`] or an immediate [`Report`].
+//!
+//! Never blocks the event loop: everything it hands on goes through
+//! unbounded channels whose size is bounded by admission (the broker sends at
+//! most `queue.capacity` unacked QoS 1 messages, QoS 0 beyond it are dropped
+//! and counted). It does not send acks (the acker does) and does not publish
+//! results (the publisher does).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectProperties, Filter, LastWill, Packet, Publish, RetainForwardRule,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use secrecy::ExposeSecret;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::access::AccessPolicy;
+use crate::ack::{fingerprint, AckMsg, AckTracker, Registration};
+use crate::command::{Command, ErrorCode, Outcome, ReplyTo};
+use crate::config::MqttConfig;
+use crate::metrics::{Health, Metrics};
+use crate::publisher::Report;
+use crate::topic::CommandTopic;
+use crate::translate::{translate, MAX_PAYLOAD};
+
+/// Largest packet we accept from the broker; larger ones it must not send us.
+const MAX_PACKET: u32 = 4 * MAX_PAYLOAD as u32;
+
+/// Capacity of rumqttc's request channel (publishes, acks).
+pub const REQUEST_CHANNEL: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttSetupError {
+    #[error("cannot read {0}: {1}")]
+    File(String, std::io::Error),
+}
+
+/// Builds the client options: fixed id, kept session, manual acks, will.
+pub fn options(config: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions, MqttSetupError> {
+    let mut o = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+    o.set_keep_alive(config.keep_alive)
+        .set_clean_start(false)
+        .set_manual_acks(true)
+        .set_request_channel_capacity(REQUEST_CHANNEL)
+        .set_connection_timeout(10)
+        .set_last_will(LastWill::new(
+            config.prefix.status(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval =
+        Some(u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX));
+    props.receive_maximum = Some(receive_maximum);
+    props.max_packet_size = Some(MAX_PACKET);
+    o.set_connect_properties(props);
+    if let Some(user) = &config.username {
+        let password = match &config.password {
+            Some(p) => p
+                .read()
+                .map_err(|e| MqttSetupError::File("mqtt.password_file".into(), e))?
+                .expose_secret()
+                .to_owned(),
+            None => String::new(),
+        };
+        o.set_credentials(user.clone(), password);
+    }
+    if config.tls {
+        o.set_transport(tls_transport(config)?);
+    }
+    Ok(o)
+}
+
+fn tls_transport(config: &MqttConfig) -> Result<Transport, MqttSetupError> {
+    let read = |key: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| MqttSetupError::File(key.into(), e))
+    };
+    let client_auth = match &config.client_cert {
+        Some((cert, key)) => Some((
+            read("mqtt.client_cert_file", cert)?,
+            read("mqtt.client_key_file", key)?,
+        )),
+        None => None,
+    };
+    Ok(match &config.ca_file {
+        Some(ca) => Transport::Tls(TlsConfiguration::Simple {
+            ca: read("mqtt.ca_file", ca)?,
+            alpn: None,
+            client_auth,
+        }),
+        None => Transport::tls_with_default_config(),
+    })
+}
+
+/// Where ingress sends what it produced.
+pub struct Outputs {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub reports: mpsc::UnboundedSender<Report>,
+    pub acks: mpsc::UnboundedSender<AckMsg>,
+}
+
+pub struct Ingress {
+    pub client: AsyncClient,
+    pub eventloop: EventLoop,
+    pub config: MqttConfig,
+    pub access: AccessPolicy,
+    pub tracker: Arc<Mutex<AckTracker>>,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    /// Commands holding a queue slot; shared with the publisher.
+    pub held: Arc<AtomicUsize>,
+    pub capacity: usize,
+    pub max_age: Duration,
+}
+
+impl Ingress {
+    /// Polls the event loop until `stop_polling`. After `stop_taking` no new
+    /// command is taken (they stay unacked for the next session) but results
+    /// and acks of the ones in flight still go out.
+    pub async fn run(
+        mut self,
+        outputs: Outputs,
+        stop_taking: CancellationToken,
+        stop_polling: CancellationToken,
+    ) {
+        let mut outputs = Some(outputs);
+        let mut failures = 0u32;
+        let mut connected_once = false;
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = stop_polling.cancelled() => break,
+                _ = stop_taking.cancelled(), if outputs.is_some() => {
+                    outputs = None;
+                    continue;
+                }
+                event = self.eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    failures = 0;
+                    self.on_connack(ack.session_present, connected_once);
+                    connected_once = true;
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => match &outputs {
+                    Some(out) => self.on_publish(publish, out),
+                    None => tracing::debug!("shutting down: command left for the next session"),
+                },
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack.return_codes.iter().any(|c| {
+                        !matches!(
+                            c,
+                            rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                        )
+                    }) {
+                        tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription; check its ACLs");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                    tracing::warn!(reason = ?d.reason_code, "the broker closed the connection");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.set_connected(false);
+                    let delay = self.config.reconnect.delay(failures);
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
+                    tokio::select! {
+                        _ = stop_polling.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.goodbye().await;
+    }
+
+    fn set_connected(&self, up: bool) {
+        Health::set(&self.health.mqtt_connected, up);
+        self.metrics.mqtt_connected.set(i64::from(up));
+    }
+
+    fn on_connack(&mut self, session_present: bool, reconnect: bool) {
+        self.set_connected(true);
+        if reconnect {
+            self.metrics.mqtt_reconnects.inc();
+        }
+        tracing::info!(
+            broker = %format!("{}:{}", self.config.host, self.config.port),
+            session_present,
+            "connected to the mqtt broker"
+        );
+        self.tracker
+            .lock()
+            .expect("ack tracker lock is never poisoned")
+            .reconnected(session_present);
+        if !session_present {
+            let filters = self.config.prefix.command_filters().map(|path| Filter {
+                path,
+                qos: QoS::AtLeastOnce,
+                nolocal: true,
+                // Retain As Published: a retained command keeps its flag so we can ignore it.
+                preserve_retain: true,
+                retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+            });
+            if let Err(e) = self.client.try_subscribe_many(filters) {
+                tracing::error!(error = %e, "could not subscribe");
+            }
+        }
+        if let Err(e) = self.client.try_publish(
+            self.config.prefix.status(),
+            QoS::AtLeastOnce,
+            true,
+            "online",
+        ) {
+            tracing::warn!(error = %e, "could not publish online status");
+        }
+    }
+
+    fn on_publish(&mut self, publish: Publish, out: &Outputs) {
+        let received_at = Instant::now();
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        let seq = if publish.qos == QoS::AtMostOnce {
+            self.tracker
+                .lock()
+                .expect("ack tracker lock is never poisoned")
+                .next_unacked()
+        } else {
+            let fp = fingerprint(&publish.topic, &publish.payload);
+            let registration = self
+                .tracker
+                .lock()
+                .expect("ack tracker lock is never poisoned")
+                .register(publish.pkid, fp, publish.dup);
+            match registration {
+                Registration::New(seq) => seq,
+                Registration::Redelivered { done, .. } => {
+                    self.metrics.duplicates.inc();
+                    if done {
+                        let _ = out.acks.send(AckMsg::Flush);
+                    }
+                    return;
+                }
+            }
+        };
+        self.metrics.acks_pending.set(
+            self.tracker
+                .lock()
+                .expect("ack tracker lock is never poisoned")
+                .pending() as i64,
+        );
+        let parsed = self.config.prefix.parse_command(&topic);
+        let kind = match &parsed {
+            Ok(CommandTopic::Call { .. }) => "call",
+            Ok(CommandTopic::Set(_)) => "set",
+            Err(_) => "other",
+        };
+        self.metrics
+            .messages_received
+            .with_label_values(&[kind])
+            .inc();
+        let mut reply = ReplyTo::default();
+        let mut expiry = None;
+        if let Some(p) = &publish.properties {
+            reply.response_topic = p
+                .response_topic
+                .clone()
+                .filter(|t| !t.is_empty() && !t.contains(['+', '#']));
+            reply.correlation_data = p.correlation_data.clone();
+            expiry = p
+                .message_expiry_interval
+                .map(|s| Duration::from_secs(u64::from(s)));
+        }
+        let reject = |code: ErrorCode, service, reply: ReplyTo, detail: String| Report {
+            seq,
+            service,
+            topic: Some(topic.clone()),
+            reply,
+            outcome: Outcome::failed(code, None, detail),
+            received_at,
+            held: false,
+        };
+        if publish.retain {
+            let _ = out.reports.send(reject(
+                ErrorCode::Retained,
+                parsed_service(&parsed),
+                reply,
+                "retained command ignored".into(),
+            ));
+            return;
+        }
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                let _ =
+                    out.reports
+                        .send(reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
+                return;
+            }
+        };
+        let service = parsed_service(&Ok(parsed.clone()));
+        let translated = match translate(&parsed, &publish.payload) {
+            Ok(t) => t,
+            Err(refused) => {
+                reply.correlation = refused.correlation;
+                let _ = out
+                    .reports
+                    .send(reject(refused.code, service, reply, refused.detail));
+                return;
+            }
+        };
+        reply.correlation = translated.correlation;
+        let call = translated.call;
+        // The result topic names the service actually called (set → turn_on…).
+        let service = Some((call.domain.clone(), call.service.clone()));
+        if let Err(code) = self.access.check(&call) {
+            let _ = out.reports.send(reject(
+                code,
+                service,
+                reply,
+                format!("{} is not in access.allow_services", call.name()),
+            ));
+            return;
+        }
+        let held = self.held.fetch_add(1, Ordering::AcqRel) + 1;
+        if held > self.capacity && publish.qos == QoS::AtMostOnce {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            let _ = out.reports.send(reject(
+                ErrorCode::QueueFull,
+                service,
+                reply,
+                "queue full; QoS 0 command dropped".into(),
+            ));
+            return;
+        }
+        self.metrics.queue_depth.set(held as i64);
+        let max_age = expiry.map_or(self.max_age, |e| e.min(self.max_age));
+        let command = Command {
+            seq,
+            call,
+            reply,
+            received_at,
+            deadline: received_at + max_age,
+        };
+        if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
+            // Only at shutdown: leave it unacked for the next session.
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(
+                seq = command.seq,
+                "queue closed; command left for the next session"
+            );
+        }
+    }
+
+    /// Publishes `offline` (a clean disconnect suppresses the will), sends
+    /// DISCONNECT after everything queued before it, and waits briefly.
+    async fn goodbye(mut self) {
+        let _ = self.client.try_publish(
+            self.config.prefix.status(),
+            QoS::AtLeastOnce,
+            true,
+            "offline",
+        );
+        let _ = self.client.try_disconnect();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
+                    break
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        self.set_connected(false);
+    }
+}
+
+fn parsed_service(
+    parsed: &Result<CommandTopic, crate::topic::TopicError>,
+) -> Option<(crate::topic::Slug, crate::topic::Slug)> {
+    match parsed {
+        Ok(CommandTopic::Call { domain, service }) => Some((domain.clone(), service.clone())),
+        Ok(CommandTopic::Set(entity)) => Some((
+            entity.domain.clone(),
+            crate::topic::Slug::parse("set").expect("valid slug"),
+        )),
+        Err(_) => None,
+    }
+}

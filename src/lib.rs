@@ -1,0 +1,30 @@
+//! mqtt-ha-gateway: MQTT commands become rate-limited, authenticated Home
+//! Assistant service calls, and their results go back to MQTT.
+//!
+//! # Layout
+//! The data path, in order (see ARCHITECTURE.md):
+//! - [`config`]: load and validate settings (the only reader of env vars).
+//! - [`ingress`]: the MQTT connection; turns messages into commands.
+//! - [`topic`], [`translate`], [`access`]: pure parsing, payload rules, policy.
+//! - [`queue`]: per-entity order, concurrency, rate limit, expiry, retries.
+//! - [`ha`]: the Home Assistant REST client and its token gate.
+//! - [`publisher`]: results and changed states back to MQTT; frees slots.
+//! - [`ack`]: PUBACKs in arrival order once outcomes are final.
+//! - [`metrics`], [`http`]: Prometheus metrics and health endpoints.
+//! - [`app`]: wiring and shutdown; the only module that knows all others.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod ack;
+pub mod app;
+pub mod backoff;
+pub mod command;
+pub mod config;
+pub mod ha;
+pub mod http;
+pub mod ingress;
+pub mod metrics;
+pub mod publisher;
+pub mod queue;
+pub mod topic;
+pub mod translate;

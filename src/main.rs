@@ -1,0 +1,208 @@
+//! The `mqtt-ha-gateway` binary: command line, logging, signals, exit codes.
+//!
+//! Loads and validates the config before binding anything (exit 64 when it
+//! is invalid), runs until SIGTERM/SIGINT, then drains (exit 0). A fatal
+//! runtime error exits 1.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mqtt_ha_gateway::config::{self, Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for an invalid configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(version, about = "Gateway between MQTT and Home Assistant")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Run {
+        /// The TOML config file.
+        #[arg(
+            long,
+            short,
+            env = "MQTT_HA_GATEWAY_CONFIG",
+            default_value = "config/gateway.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Validate the config and print every problem with its key path.
+    Check {
+        #[arg(
+            long,
+            short,
+            env = "MQTT_HA_GATEWAY_CONFIG",
+            default_value = "config/gateway.toml"
+        )]
+        config: PathBuf,
+        /// Also reach the broker and Home Assistant with the token.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Ask a running gateway's health endpoint (for container health checks).
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:9184/healthz")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run { config } => run(&config),
+        Cmd::Check { config, online } => check(&config, online),
+        Cmd::Health { url } => health(&url),
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config, config::ConfigErrors> {
+    let explicit = std::env::var_os("MQTT_HA_GATEWAY_CONFIG").is_some()
+        || path != &PathBuf::from("config/gateway.toml");
+    config::load(path, explicit, std::env::vars())
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built on any supported platform")
+}
+
+fn install_crypto() {
+    // Both rustls users (MQTT and HTTP) share the ring provider; a second
+    // install attempt only fails if one is already set, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn run(path: &PathBuf) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mqtt-ha-gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&config);
+    install_crypto();
+    runtime().block_on(async move {
+        let shutdown = CancellationToken::new();
+        let running = match mqtt_ha_gateway::app::start(config, shutdown.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let reload = running.reload.clone();
+        tokio::spawn(wait_for_signals(shutdown.clone(), reload));
+        running.wait().await;
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(
+    shutdown: CancellationToken,
+    reload: std::sync::Arc<tokio::sync::Notify>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: re-reading the token file");
+                reload.notify_one();
+            }
+        }
+    }
+    shutdown.cancel();
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(
+    shutdown: CancellationToken,
+    _reload: std::sync::Arc<tokio::sync::Notify>,
+) {
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+}
+
+fn check(path: &PathBuf, online: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            for problem in &e.0 {
+                println!("error: {problem}");
+            }
+            println!("{} problem(s) in {}", e.0.len(), path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("config ok: {}", path.display());
+    if !online {
+        return ExitCode::SUCCESS;
+    }
+    install_crypto();
+    let ok = runtime().block_on(mqtt_ha_gateway::app::check_online(
+        &config,
+        Duration::from_secs(10),
+    ));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn health(url: &str) -> ExitCode {
+    let result = runtime().block_on(async {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()?
+            .get(url)
+            .send()
+            .await
+    });
+    match result {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

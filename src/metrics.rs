@@ -1,0 +1,221 @@
+//! Prometheus metrics on a private registry, and the health flags behind
+//! `/readyz`.
+//!
+//! Names are constants of this module; labels come from small fixed sets
+//! (kinds, outcomes, error codes, status classes), never an entity id or a
+//! topic.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::command::{ErrorCode, Outcome};
+
+pub const PREFIX: &str = "mqtt_ha_gateway";
+
+/// Every metric of the gateway.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages received on command topics, by `kind` (call, set, other).
+    pub messages_received: IntCounterVec,
+    /// Commands by final `outcome` (done, rejected, failed, expired, ignored) and `reason`.
+    pub commands: IntCounterVec,
+    /// HA calls by `class` (2xx, 4xx, 401, 429, 5xx, timeout, connect, transport).
+    pub ha_calls: IntCounterVec,
+    pub ha_latency: Histogram,
+    /// Receipt to final outcome.
+    pub command_latency: Histogram,
+    pub retries: IntCounter,
+    pub duplicates: IntCounter,
+    pub queue_depth: IntGauge,
+    pub queue_capacity: IntGauge,
+    pub acks_pending: IntGauge,
+    pub mqtt_connected: IntGauge,
+    pub mqtt_reconnects: IntCounter,
+    pub ha_up: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)
+        .expect("metric names are static and valid");
+    r.register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(format!("{PREFIX}_{name}"), help)
+        .expect("metric names are static and valid");
+    r.register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g =
+        IntGauge::new(format!("{PREFIX}_{name}"), help).expect("metric names are static and valid");
+    r.register(Box::new(g.clone()))
+        .expect("each metric is registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
+    let buckets = vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let h =
+        Histogram::with_opts(HistogramOpts::new(format!("{PREFIX}_{name}"), help).buckets(buckets))
+            .expect("metric names are static and valid");
+    r.register(Box::new(h.clone()))
+        .expect("each metric is registered once");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let m = Self {
+            messages_received: counter_vec(
+                &r,
+                "messages_received_total",
+                "MQTT messages received on command topics",
+                &["kind"],
+            ),
+            commands: counter_vec(
+                &r,
+                "commands_total",
+                "Commands by final outcome and reason",
+                &["outcome", "reason"],
+            ),
+            ha_calls: counter_vec(
+                &r,
+                "ha_calls_total",
+                "HTTP calls to Home Assistant by result class",
+                &["class"],
+            ),
+            ha_latency: histogram(
+                &r,
+                "ha_request_duration_seconds",
+                "Duration of one HTTP call to Home Assistant",
+            ),
+            command_latency: histogram(
+                &r,
+                "command_duration_seconds",
+                "From receipt of a command to its final outcome",
+            ),
+            retries: counter(&r, "retries_total", "HA calls retried"),
+            duplicates: counter(
+                &r,
+                "duplicates_total",
+                "Redelivered commands recognised and not run again",
+            ),
+            queue_depth: gauge(&r, "queue_depth", "Commands held (waiting and in flight)"),
+            queue_capacity: gauge(&r, "queue_capacity", "Commands held at most"),
+            acks_pending: gauge(
+                &r,
+                "acks_pending",
+                "QoS 1 commands received and not yet acknowledged",
+            ),
+            mqtt_connected: gauge(&r, "mqtt_connected", "1 while connected to the broker"),
+            mqtt_reconnects: counter(
+                &r,
+                "mqtt_reconnects_total",
+                "Connections to the broker after the first",
+            ),
+            ha_up: gauge(
+                &r,
+                "ha_up",
+                "1 while Home Assistant answers and accepts the token",
+            ),
+            registry: r,
+        };
+        for code in ErrorCode::ALL {
+            for outcome in ["rejected", "failed", "expired", "ignored"] {
+                if outcome_label(code) == outcome {
+                    m.commands.with_label_values(&[outcome, code.as_str()]);
+                }
+            }
+        }
+        m.commands.with_label_values(&["done", ""]);
+        for kind in ["call", "set", "other"] {
+            m.messages_received.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    /// Counts one final outcome.
+    pub fn outcome(&self, outcome: &Outcome) {
+        let (label, reason) = match outcome.error {
+            None => ("done", ""),
+            Some(code) => (outcome_label(code), code.as_str()),
+        };
+        self.commands.with_label_values(&[label, reason]).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding gathered metrics into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text encoder writes UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `outcome` label of an error code.
+pub fn outcome_label(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Expired => "expired",
+        ErrorCode::Retained | ErrorCode::ShuttingDown => "ignored",
+        ErrorCode::HaError
+        | ErrorCode::HaUnauthorized
+        | ErrorCode::HaUnavailable
+        | ErrorCode::HaTimeout => "failed",
+        _ => "rejected",
+    }
+}
+
+/// The `class` label of an HA call result.
+pub fn status_class(result: Result<u16, crate::ha::HaErrorKind>) -> &'static str {
+    use crate::ha::HaErrorKind as K;
+    match result {
+        Ok(200..=299) => "2xx",
+        Ok(_) => "other",
+        Err(K::Unauthorized) => "401",
+        Err(K::RateLimited) => "429",
+        Err(K::Server) => "5xx",
+        Err(K::Rejected) => "4xx",
+        Err(K::Timeout) => "timeout",
+        Err(K::Connect) => "connect",
+        Err(K::Transport) => "transport",
+        Err(K::InvalidResponse) => "invalid_response",
+    }
+}
+
+/// What `/readyz` checks.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub mqtt_connected: AtomicBool,
+    pub ha_reachable: AtomicBool,
+    pub ha_token_ok: AtomicBool,
+}
+
+impl Health {
+    pub fn set(flag: &AtomicBool, value: bool) {
+        flag.store(value, Ordering::Relaxed);
+    }
+
+    pub fn get(flag: &AtomicBool) -> bool {
+        flag.load(Ordering::Relaxed)
+    }
+}

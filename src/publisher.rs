@@ -1,0 +1,285 @@
+//! The end of every command: count it, log it, publish its result (and the
+//! states HA says it changed), then release its acknowledgement.
+//!
+//! Every command, rejected at the door or finished by the queue, passes
+//! through [`Publisher::finish`] exactly once; nothing else publishes results
+//! or frees queue slots. Results go out before the ack, so a crash between
+//! the two repeats a command rather than losing its result.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::ack::AckMsg;
+use crate::command::{ErrorCode, Outcome, ReplyTo};
+use crate::metrics::Metrics;
+use crate::topic::{EntityId, Slug, TopicPrefix};
+
+/// A command at its final outcome.
+#[derive(Debug)]
+pub struct Report {
+    pub seq: u64,
+    /// The service the command named; `None` when its topic was invalid.
+    pub service: Option<(Slug, Slug)>,
+    /// The topic it arrived on, echoed when that topic was invalid.
+    pub topic: Option<String>,
+    pub reply: ReplyTo,
+    pub outcome: Outcome,
+    pub received_at: Instant,
+    /// Whether it held a queue slot.
+    pub held: bool,
+}
+
+/// The result payload of the contract.
+pub fn result_payload(report: &Report) -> Value {
+    let o = &report.outcome;
+    let changed: Vec<Value> = o
+        .changed
+        .iter()
+        .filter_map(|s| s.get("entity_id").cloned())
+        .collect();
+    let mut m = Map::new();
+    m.insert("ok".into(), json!(o.ok()));
+    if let Some(status) = o.status {
+        m.insert("status".into(), json!(status));
+    }
+    m.insert("changed".into(), Value::Array(changed));
+    if let Some(code) = o.error {
+        m.insert("error".into(), json!(code.as_str()));
+    }
+    if let Some(c) = &report.reply.correlation {
+        m.insert("correlation".into(), c.clone());
+    }
+    if let (None, Some(topic)) = (&report.service, &report.topic) {
+        m.insert("topic".into(), json!(topic));
+    }
+    Value::Object(m)
+}
+
+/// The retained state payload of one HA state object, and its topic.
+pub fn state_message(prefix: &TopicPrefix, state: &Value) -> Option<(String, Value)> {
+    let entity = EntityId::parse(state.get("entity_id")?.as_str()?)?;
+    let payload = json!({
+        "state": state.get("state").cloned().unwrap_or(Value::Null),
+        "attributes": state.get("attributes").cloned().unwrap_or_else(|| json!({})),
+        "last_changed": state.get("last_changed").cloned().unwrap_or(Value::Null),
+        "last_updated": state.get("last_updated").cloned().unwrap_or(Value::Null),
+    });
+    Some((prefix.state(&entity), payload))
+}
+
+pub struct Publisher {
+    pub client: AsyncClient,
+    pub prefix: TopicPrefix,
+    pub metrics: Metrics,
+    /// Commands holding a queue slot; shared with admission.
+    pub held: Arc<AtomicUsize>,
+    pub acks: mpsc::UnboundedSender<AckMsg>,
+    warned: HashMap<ErrorCode, (Instant, u64)>,
+}
+
+/// At most one warning per error code in this interval; the rest are counted.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Publisher {
+    pub fn new(
+        client: AsyncClient,
+        prefix: TopicPrefix,
+        metrics: Metrics,
+        held: Arc<AtomicUsize>,
+        acks: mpsc::UnboundedSender<AckMsg>,
+    ) -> Self {
+        Self {
+            client,
+            prefix,
+            metrics,
+            held,
+            acks,
+            warned: HashMap::new(),
+        }
+    }
+
+    /// Runs until every sender of `input` is gone.
+    pub async fn run(mut self, mut input: mpsc::UnboundedReceiver<Report>) {
+        while let Some(report) = input.recv().await {
+            self.finish(report).await;
+        }
+    }
+
+    /// The single step: one command's end.
+    pub async fn finish(&mut self, report: Report) {
+        if report.held {
+            let before = self.held.fetch_sub(1, Ordering::AcqRel);
+            self.metrics
+                .queue_depth
+                .set(before.saturating_sub(1) as i64);
+        }
+        self.metrics.outcome(&report.outcome);
+        self.metrics
+            .command_latency
+            .observe(report.received_at.elapsed().as_secs_f64());
+        self.log(&report);
+        if report.outcome.error == Some(ErrorCode::ShuttingDown) {
+            // Not final: unacked, so the broker redelivers it to the next session.
+            return;
+        }
+        self.publish_result(&report).await;
+        for state in &report.outcome.changed {
+            if let Some((topic, payload)) = state_message(&self.prefix, state) {
+                self.publish(topic, true, payload.to_string().into_bytes(), None)
+                    .await;
+            }
+        }
+        let _ = self.acks.send(AckMsg::Complete(report.seq));
+    }
+
+    async fn publish_result(&self, report: &Report) {
+        let payload = result_payload(report).to_string().into_bytes();
+        let topic = match &report.service {
+            Some((domain, service)) => self.prefix.result(domain, service),
+            None => self.prefix.invalid_result(),
+        };
+        if let Some(response_topic) = &report.reply.response_topic {
+            let properties = PublishProperties {
+                correlation_data: report.reply.correlation_data.clone(),
+                ..Default::default()
+            };
+            self.publish(
+                response_topic.clone(),
+                false,
+                payload.clone(),
+                Some(properties),
+            )
+            .await;
+        }
+        self.publish(topic, false, payload, None).await;
+    }
+
+    async fn publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+        properties: Option<PublishProperties>,
+    ) {
+        let r = match properties {
+            Some(p) => {
+                self.client
+                    .publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, p)
+                    .await
+            }
+            None => {
+                self.client
+                    .publish(topic, QoS::AtLeastOnce, retain, payload)
+                    .await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not queue a publish");
+        }
+    }
+
+    fn log(&mut self, report: &Report) {
+        let o = &report.outcome;
+        let service = report
+            .service
+            .as_ref()
+            .map(|(d, s)| format!("{d}.{s}"))
+            .unwrap_or_default();
+        let Some(code) = o.error else {
+            tracing::debug!(service, seq = report.seq, status = o.status, "command done");
+            return;
+        };
+        tracing::debug!(service, seq = report.seq, error = %code, detail = o.detail.as_deref(), "command not done");
+        if code == ErrorCode::ShuttingDown {
+            return;
+        }
+        let now = Instant::now();
+        let entry = self.warned.entry(code).or_insert((now - WARN_EVERY * 2, 0));
+        if now.duration_since(entry.0) >= WARN_EVERY {
+            let suppressed = std::mem::take(&mut entry.1);
+            entry.0 = now;
+            tracing::warn!(
+                service,
+                error = %code,
+                status = o.status,
+                detail = o.detail.as_deref(),
+                similar_suppressed = suppressed,
+                "command not done"
+            );
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(outcome: Outcome, correlation: Option<Value>) -> Report {
+        Report {
+            seq: 1,
+            service: Some((
+                Slug::parse("light").unwrap(),
+                Slug::parse("turn_on").unwrap(),
+            )),
+            topic: None,
+            reply: ReplyTo {
+                correlation,
+                ..Default::default()
+            },
+            outcome,
+            received_at: Instant::now(),
+            held: true,
+        }
+    }
+
+    #[test]
+    fn result_payloads_follow_the_contract() {
+        let done = report(
+            Outcome::done(200, vec![json!({"entity_id":"light.a","state":"on"})]),
+            Some(json!("c-1")),
+        );
+        assert_eq!(
+            result_payload(&done),
+            json!({"ok":true,"status":200,"changed":["light.a"],"correlation":"c-1"})
+        );
+        let denied = report(Outcome::failed(ErrorCode::ServiceDenied, None, None), None);
+        assert_eq!(
+            result_payload(&denied),
+            json!({"ok":false,"changed":[],"error":"service_denied"})
+        );
+        let mut invalid = report(Outcome::failed(ErrorCode::InvalidTopic, None, None), None);
+        invalid.service = None;
+        invalid.topic = Some("ha-gateway/call/Light/x".into());
+        assert_eq!(
+            result_payload(&invalid),
+            json!({"ok":false,"changed":[],"error":"invalid_topic","topic":"ha-gateway/call/Light/x"})
+        );
+    }
+
+    #[test]
+    fn state_messages_use_the_state_topic() {
+        let prefix = TopicPrefix::new("gw").unwrap();
+        let (topic, payload) = state_message(
+            &prefix,
+            &json!({"entity_id":"light.a","state":"on","attributes":{"brightness":3},"last_changed":"t1","last_updated":"t2","context":{}}),
+        )
+        .unwrap();
+        assert_eq!(topic, "gw/state/light/a");
+        assert_eq!(
+            payload,
+            json!({"state":"on","attributes":{"brightness":3},"last_changed":"t1","last_updated":"t2"})
+        );
+        assert!(state_message(&prefix, &json!({"entity_id":"Bad.ID"})).is_none());
+    }
+}

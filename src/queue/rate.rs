@@ -1,0 +1,135 @@
+//! Token bucket: at most `rate` calls per second on average, `burst` at once.
+//!
+//! Reservation style: every caller takes a token now and is told how long to
+//! wait for it, so waiters are served in the order they asked, and the
+//! arithmetic is a pure function of `tokio::time::Instant` (tests pause time).
+//!
+//! Written here rather than taken from `governor` because governor keeps its
+//! own clock, which paused tokio time cannot drive.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    /// May go negative: tokens promised to waiters.
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: NonZeroU32, burst: NonZeroU32, now: Instant) -> Self {
+        let burst = f64::from(burst.get());
+        Self {
+            rate: f64::from(rate.get()),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token; returns how long the caller must wait before using it.
+    pub fn reserve(&mut self, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// A shared limiter; `None` rate = unlimited.
+#[derive(Debug)]
+pub struct RateLimiter {
+    bucket: Option<Mutex<TokenBucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: Option<NonZeroU32>, burst: NonZeroU32) -> Self {
+        Self {
+            bucket: rate.map(|r| Mutex::new(TokenBucket::new(r, burst, Instant::now()))),
+        }
+    }
+
+    /// How long the caller must wait for its call slot (zero when unlimited).
+    pub fn reserve(&self) -> Duration {
+        match &self.bucket {
+            None => Duration::ZERO,
+            Some(b) => b
+                .lock()
+                .expect("bucket lock is never poisoned: no panics under it")
+                .reserve(Instant::now()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    #[test]
+    fn burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(nz(10), nz(3), t0);
+        let ms = Duration::from_millis;
+        // (time since t0 in ms, expected wait in ms)
+        let table = [
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            (0, 100),
+            (0, 200),
+            (300, 0),
+            (300, 100),
+        ];
+        for (at, wait) in table {
+            let got = b.reserve(t0 + ms(at));
+            assert!(
+                (got.as_secs_f64() - ms(wait).as_secs_f64()).abs() < 1e-9,
+                "at {at}: {got:?} != {wait}ms"
+            );
+        }
+    }
+
+    #[test]
+    fn idle_time_refills_at_most_to_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(nz(1), nz(2), t0);
+        b.reserve(t0);
+        b.reserve(t0);
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(b.reserve(later), Duration::ZERO);
+        assert_eq!(b.reserve(later), Duration::ZERO);
+        assert_eq!(b.reserve(later), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unlimited_never_waits() {
+        let l = RateLimiter::new(None, nz(1));
+        assert!((0..1000).all(|_| l.reserve().is_zero()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn n_calls_take_the_time_the_rate_says() {
+        let l = RateLimiter::new(Some(nz(20)), nz(40));
+        let start = Instant::now();
+        for _ in 0..240 {
+            tokio::time::sleep(l.reserve()).await;
+        }
+        // 40 from the burst, 200 at 20/s = 10 s.
+        assert_eq!(start.elapsed().as_millis(), 10_000);
+    }
+}

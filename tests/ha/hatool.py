@@ -1,0 +1,561 @@
+#!/usr/bin/env python3
+"""Onboarding and admin helper for the real Home Assistant of mqtt-ha-gateway's
+end-to-end test tier (see tests/ha/README.md).
+
+Run it with the Python of the venv that tests/ha/install prints (it only uses
+aiohttp, which Home Assistant itself depends on). Every subcommand takes
+--state-dir DIR, the directory tests/ha/start manages; the URL is read from
+DIR/port. Progress and errors go to stderr; a failing command exits non-zero.
+
+Subcommands:
+  onboard     create the admin (+ refresh token), admin.token, a non-admin user
+              and user.token, wait until HA runs, verify; prints the HA version
+  check       verify a running HA (admin token works, no recovery/safe mode,
+              expected entities present); prints the HA version
+  new-token   --name CLIENT_NAME --out FILE: a fresh admin long-lived token
+  revoke      --token-file FILE: revoke that long-lived token, verify 401
+  set-state   --entity ID --state S [--attributes JSON]: POST /api/states/ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ADMIN_NAME = "Gateway Test Admin"
+ADMIN_USERNAME = "admin"
+USER_NAME = "Gateway Test User"
+USER_USERNAME = "user"
+USER_GROUP = "system-users"
+ADMIN_TOKEN_CLIENT = "mqtt-ha-gateway tests admin"
+USER_TOKEN_CLIENT = "mqtt-ha-gateway tests user"
+TOKEN_LIFESPAN_DAYS = 3650
+
+# Entities tests/ha/config must provide; their absence means a broken config.
+EXPECTED_ENTITIES = [
+    "light.kitchen",
+    "light.hall",
+    "switch.fan_plug",
+    "switch.coffee_maker",
+    "switch.heater",
+    "lock.front_door",
+    "cover.living_room_blind",
+    "fan.bedroom",
+    "climate.living_room",
+    "sensor.living_room_temperature",
+    "sensor.outdoor_humidity",
+    "binary_sensor.window",
+    "script.flash",
+    "scene.evening",
+    "input_boolean.kitchen_light",
+    "input_number.kitchen_brightness",
+    "input_button.doorbell",
+    "counter.script_runs",
+]
+
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+class Fail(Exception):
+    """An error to report on stderr without a traceback."""
+
+
+def log(msg: str) -> None:
+    print(f"hatool: {msg}", file=sys.stderr, flush=True)
+
+
+class State:
+    """Files in the state directory."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.dir = Path(state_dir).resolve()
+        if not self.dir.is_dir():
+            raise Fail(f"state dir {self.dir} does not exist")
+        port_file = self.dir / "port"
+        if not port_file.is_file():
+            raise Fail(f"{port_file} missing: was HA started with tests/ha/start?")
+        port = port_file.read_text().strip()
+        if not port.isdigit():
+            raise Fail(f"{port_file} does not hold a port number: {port!r}")
+        self.url = f"http://127.0.0.1:{port}"
+        self.client_id = self.url + "/"
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def has(self, name: str) -> bool:
+        p = self.path(name)
+        return p.is_file() and p.stat().st_size > 0
+
+    def read(self, name: str) -> str:
+        return read_secret(self.path(name))
+
+    def write(self, name: str, value: str) -> None:
+        write_secret(self.path(name), value)
+
+    def read_or_create_password(self, name: str) -> str:
+        if not self.has(name):
+            self.write(name, secrets.token_urlsafe(18))
+        return self.read(name)
+
+
+def read_secret(path: Path) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as err:
+        raise Fail(f"cannot read {path}: {err}") from err
+    if not value:
+        raise Fail(f"{path} is empty")
+    return value
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Write atomically, mode 0600, no trailing newline."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, value.encode())
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def jwt_issuer(token: str) -> str:
+    """The `iss` claim of an HA access token is the id of its refresh token."""
+    try:
+        payload = token.split(".")[1]
+        payload += "=" * (-len(payload) % 4)
+        iss = json.loads(base64.urlsafe_b64decode(payload))["iss"]
+    except (IndexError, ValueError, KeyError, TypeError) as err:
+        raise Fail("token is not a Home Assistant JWT access token") from err
+    if not isinstance(iss, str) or not iss:
+        raise Fail("token has no `iss` claim")
+    return iss
+
+
+# --------------------------------------------------------------------- HTTP
+
+
+async def http(
+    session: aiohttp.ClientSession,
+    st: State,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    json_body: Any = None,
+    form: dict[str, str] | None = None,
+    expect: tuple[int, ...] = (200,),
+) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with session.request(
+        method, st.url + path, headers=headers, json=json_body, data=form
+    ) as resp:
+        text = await resp.text()
+        if resp.status not in expect:
+            raise Fail(f"{method} {path} -> HTTP {resp.status}: {text[:500]}")
+        try:
+            body: Any = json.loads(text) if text else None
+        except ValueError:
+            body = text
+        return resp.status, body
+
+
+async def token_from_code(session: aiohttp.ClientSession, st: State, code: str) -> dict:
+    _, body = await http(
+        session,
+        st,
+        "POST",
+        "/auth/token",
+        form={"grant_type": "authorization_code", "code": code, "client_id": st.client_id},
+    )
+    if not isinstance(body, dict) or "access_token" not in body:
+        raise Fail(f"/auth/token returned no access token: {body!r}")
+    return body
+
+
+async def access_from_refresh(session: aiohttp.ClientSession, st: State) -> str:
+    """A short-lived admin access token from STATE_DIR/admin.refresh."""
+    if not st.has("admin.refresh"):
+        raise Fail(f"{st.path('admin.refresh')} missing: run onboard first")
+    _, body = await http(
+        session,
+        st,
+        "POST",
+        "/auth/token",
+        form={
+            "grant_type": "refresh_token",
+            "refresh_token": st.read("admin.refresh"),
+            "client_id": st.client_id,
+        },
+    )
+    return body["access_token"]
+
+
+async def login_flow(
+    session: aiohttp.ClientSession, st: State, username: str, password: str
+) -> str:
+    """Log in like the frontend does; returns an authorization code."""
+    _, flow = await http(
+        session,
+        st,
+        "POST",
+        "/auth/login_flow",
+        json_body={
+            "client_id": st.client_id,
+            "handler": ["homeassistant", None],
+            "redirect_uri": st.client_id,
+        },
+    )
+    _, result = await http(
+        session,
+        st,
+        "POST",
+        f"/auth/login_flow/{flow['flow_id']}",
+        json_body={"client_id": st.client_id, "username": username, "password": password},
+    )
+    if result.get("type") != "create_entry":
+        raise Fail(f"login as {username!r} failed: {result!r}")
+    return result["result"]
+
+
+# ---------------------------------------------------------------- websocket
+
+
+class WS:
+    """Minimal Home Assistant websocket API client."""
+
+    def __init__(self, session: aiohttp.ClientSession, st: State, token: str) -> None:
+        self.session, self.st, self.token = session, st, token
+        self.conn: aiohttp.ClientWebSocketResponse | None = None
+        self.next_id = 1
+
+    async def __aenter__(self) -> "WS":
+        ws_url = self.st.url.replace("http://", "ws://") + "/api/websocket"
+        self.conn = await self.session.ws_connect(ws_url, heartbeat=None)
+        hello = await self.conn.receive_json(timeout=30)
+        if hello.get("type") != "auth_required":
+            raise Fail(f"websocket: unexpected greeting {hello!r}")
+        await self.conn.send_json({"type": "auth", "access_token": self.token})
+        reply = await self.conn.receive_json(timeout=30)
+        if reply.get("type") != "auth_ok":
+            raise Fail(f"websocket auth failed: {reply!r}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+    async def call(self, msg_type: str, **fields: Any) -> Any:
+        assert self.conn is not None
+        msg_id = self.next_id
+        self.next_id += 1
+        await self.conn.send_json({"id": msg_id, "type": msg_type, **fields})
+        while True:
+            msg = await self.conn.receive(timeout=30)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                raise Fail(f"websocket {msg_type}: connection ended ({msg.type.name})")
+            reply = json.loads(msg.data)
+            if reply.get("id") == msg_id and reply.get("type") == "result":
+                break
+        if not reply.get("success"):
+            raise Fail(f"websocket {msg_type} failed: {reply.get('error')!r}")
+        return reply.get("result")
+
+
+async def long_lived_token(
+    session: aiohttp.ClientSession, st: State, access: str, client_name: str
+) -> str:
+    async with WS(session, st, access) as ws:
+        return await ws.call(
+            "auth/long_lived_access_token",
+            client_name=client_name,
+            lifespan=TOKEN_LIFESPAN_DAYS,
+        )
+
+
+# ---------------------------------------------------------------- readiness
+
+
+async def wait_http(session: aiohttp.ClientSession, st: State, deadline: float) -> None:
+    """Wait until HA's HTTP server answers at all (GET /api/ -> 401 unauthenticated)."""
+    last = "no answer"
+    while True:
+        try:
+            async with session.get(st.url + "/api/") as resp:
+                if resp.status in (200, 401):
+                    return
+                last = f"HTTP {resp.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            last = type(err).__name__
+        if time.monotonic() > deadline:
+            raise Fail(f"HA at {st.url} did not answer in time (last: {last})")
+        await asyncio.sleep(0.2)
+
+
+async def wait_running(
+    session: aiohttp.ClientSession, st: State, token: str, deadline: float
+) -> dict:
+    """Wait until /api/config reports state RUNNING; return the config."""
+    last: Any = None
+    while True:
+        try:
+            async with session.get(
+                st.url + "/api/config", headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
+                if resp.status == 200:
+                    last = await resp.json()
+                    if last.get("state") == "RUNNING":
+                        return last
+                else:
+                    last = f"HTTP {resp.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            last = type(err).__name__
+        if time.monotonic() > deadline:
+            state = last.get("state") if isinstance(last, dict) else last
+            raise Fail(f"HA did not reach state RUNNING in time (last: {state})")
+        await asyncio.sleep(0.2)
+
+
+async def verify(session: aiohttp.ClientSession, st: State, deadline: float) -> str:
+    """Check a ready, healthy HA; returns its version."""
+    admin = st.read("admin.token")
+    cfg = await wait_running(session, st, admin, deadline)
+    status, _ = await http(session, st, "GET", "/api/", token=admin, expect=(200, 401))
+    if status != 200:
+        raise Fail(f"admin.token rejected by GET /api/ (HTTP {status})")
+    if cfg.get("safe_mode") or cfg.get("recovery_mode"):
+        raise Fail(
+            f"HA runs in safe/recovery mode (safe_mode={cfg.get('safe_mode')}, "
+            f"recovery_mode={cfg.get('recovery_mode')}); see ha.log"
+        )
+    _, states = await http(session, st, "GET", "/api/states", token=admin)
+    present = {s["entity_id"] for s in states}
+    missing = [e for e in EXPECTED_ENTITIES if e not in present]
+    if missing:
+        raise Fail(f"entities missing from /api/states: {', '.join(missing)}; see ha.log")
+    if st.has("user.token"):
+        status, _ = await http(
+            session, st, "GET", "/api/", token=st.read("user.token"), expect=(200, 401)
+        )
+        if status != 200:
+            raise Fail(f"user.token rejected by GET /api/ (HTTP {status})")
+    return str(cfg.get("version", "unknown"))
+
+
+# ---------------------------------------------------------------- commands
+
+
+async def ensure_admin_refresh(session: aiohttp.ClientSession, st: State) -> None:
+    if st.has("admin.refresh"):
+        return
+    status, steps = await http(session, st, "GET", "/api/onboarding", expect=(200, 404))
+    user_step_done = status == 404 or any(
+        s["step"] == "user" and s["done"] for s in steps
+    )
+    if not user_step_done:
+        log("onboarding: creating the admin user")
+        password = st.read_or_create_password("admin.password")
+        _, body = await http(
+            session,
+            st,
+            "POST",
+            "/api/onboarding/users",
+            json_body={
+                "client_id": st.client_id,
+                "name": ADMIN_NAME,
+                "username": ADMIN_USERNAME,
+                "password": password,
+                "language": "en",
+            },
+        )
+        code = body["auth_code"]
+    else:
+        if not st.has("admin.password"):
+            raise Fail(
+                f"HA in {st.dir} is already onboarded but admin.password/admin.refresh "
+                "are missing; delete the state dir and start again"
+            )
+        log("onboarding: admin exists, logging in again")
+        code = await login_flow(session, st, ADMIN_USERNAME, st.read("admin.password"))
+    tokens = await token_from_code(session, st, code)
+    st.write("admin.refresh", tokens["refresh_token"])
+
+
+async def ensure_user_token(session: aiohttp.ClientSession, st: State, access: str) -> None:
+    if st.has("user.token"):
+        return
+    log(f"creating non-admin user {USER_USERNAME!r} (group {USER_GROUP})")
+    async with WS(session, st, access) as ws:
+        users = await ws.call("config/auth/list")
+        user = next((u for u in users if u["name"] == USER_NAME), None)
+        if user is not None and not st.has("user.password"):
+            # Left over from an interrupted run: start that user afresh.
+            await ws.call("config/auth/delete", user_id=user["id"])
+            user = None
+        password = st.read_or_create_password("user.password")
+        if user is None:
+            created = await ws.call(
+                "config/auth/create", name=USER_NAME, group_ids=[USER_GROUP]
+            )
+            user = created["user"]
+        if not user.get("credentials"):
+            await ws.call(
+                "config/auth_provider/homeassistant/create",
+                user_id=user["id"],
+                username=USER_USERNAME,
+                password=password,
+            )
+    code = await login_flow(session, st, USER_USERNAME, password)
+    user_access = (await token_from_code(session, st, code))["access_token"]
+    st.write("user.token", await long_lived_token(session, st, user_access, USER_TOKEN_CLIENT))
+
+
+async def cmd_onboard(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    deadline = time.monotonic() + args.timeout
+    await wait_http(session, st, deadline)
+    await ensure_admin_refresh(session, st)
+    access = await access_from_refresh(session, st)
+    await wait_running(session, st, access, deadline)
+    if not st.has("admin.token"):
+        log("creating admin long-lived token")
+        st.write("admin.token", await long_lived_token(session, st, access, ADMIN_TOKEN_CLIENT))
+    await ensure_user_token(session, st, access)
+    print(await verify(session, st, deadline))
+
+
+async def cmd_check(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    deadline = time.monotonic() + args.timeout
+    await wait_http(session, st, deadline)
+    print(await verify(session, st, deadline))
+
+
+async def cmd_new_token(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    access = await access_from_refresh(session, st)
+    token = await long_lived_token(session, st, access, args.name)
+    write_secret(Path(args.out), token)
+    status, _ = await http(session, st, "GET", "/api/", token=token, expect=(200, 401))
+    if status != 200:
+        raise Fail(f"the new token is rejected by GET /api/ (HTTP {status})")
+    log(f"wrote a new admin token {args.name!r} to {args.out}")
+
+
+async def cmd_revoke(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    token = read_secret(Path(args.token_file))
+    token_id = jwt_issuer(token)
+    status, _ = await http(session, st, "GET", "/api/", token=token, expect=(200, 401))
+    if status == 401:
+        log(f"token in {args.token_file} is already rejected (HTTP 401); nothing to do")
+        return
+    # auth/delete_refresh_token only deletes the caller's own tokens, so use
+    # the admin's refresh token when it owns this token, else the token itself
+    # (this also covers user.token).
+    access = await access_from_refresh(session, st)
+    async with WS(session, st, access) as ws:
+        own = await ws.call("auth/refresh_tokens")
+    if any(t["id"] == token_id for t in own):
+        async with WS(session, st, access) as ws:
+            await ws.call("auth/delete_refresh_token", refresh_token_id=token_id)
+    else:
+        async with WS(session, st, token) as ws:
+            try:
+                await ws.call("auth/delete_refresh_token", refresh_token_id=token_id)
+            except Fail as err:
+                # HA may close this connection as soon as its token is gone.
+                log(f"(connection using the revoked token ended: {err})")
+    for _ in range(50):
+        status, _ = await http(session, st, "GET", "/api/", token=token, expect=(200, 401))
+        if status == 401:
+            log(f"revoked the token in {args.token_file} (refresh token id {token_id})")
+            return
+        await asyncio.sleep(0.1)
+    raise Fail("token still accepted after revocation")
+
+
+async def cmd_set_state(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"state": args.state}
+    if args.attributes is not None:
+        try:
+            attributes = json.loads(args.attributes)
+        except ValueError as err:
+            raise Fail(f"--attributes is not valid JSON: {err}") from err
+        if not isinstance(attributes, dict):
+            raise Fail("--attributes must be a JSON object")
+        body["attributes"] = attributes
+    _, result = await http(
+        session,
+        st,
+        "POST",
+        f"/api/states/{args.entity}",
+        token=st.read("admin.token"),
+        json_body=body,
+        expect=(200, 201),
+    )
+    print(json.dumps(result))
+
+
+COMMANDS = {
+    "onboard": cmd_onboard,
+    "check": cmd_check,
+    "new-token": cmd_new_token,
+    "revoke": cmd_revoke,
+    "set-state": cmd_set_state,
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--state-dir", required=True, help="directory managed by tests/ha/start")
+        return p
+
+    for name, help_text in (("onboard", "onboard a fresh HA / reuse"), ("check", "verify HA")):
+        p = add(name, help_text)
+        p.add_argument("--timeout", type=float, default=120, help="seconds (default 120)")
+    p = add("new-token", "create an admin long-lived token")
+    p.add_argument("--name", required=True, help="client_name of the token")
+    p.add_argument("--out", required=True, help="file to write the token to (mode 0600)")
+    p = add("revoke", "revoke a long-lived token")
+    p.add_argument("--token-file", required=True)
+    p = add("set-state", "set an entity state via POST /api/states/<entity>")
+    p.add_argument("--entity", required=True)
+    p.add_argument("--state", required=True)
+    p.add_argument("--attributes", help="JSON object")
+    return parser.parse_args(argv)
+
+
+async def amain(args: argparse.Namespace) -> None:
+    st = State(args.state_dir)
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
+        await COMMANDS[args.command](session, st, args)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        asyncio.run(amain(args))
+    except Fail as err:
+        log(f"error: {err}")
+        return 1
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        log(f"error: {type(err).__name__}: {err}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
