@@ -169,6 +169,8 @@ pub enum AckMsg {
 pub struct Acker {
     pub tracker: Arc<Mutex<AckTracker>>,
     pub client: AsyncClient,
+    /// Keeps `acks_pending` current.
+    pub pending: prometheus::IntGauge,
 }
 
 impl Acker {
@@ -180,10 +182,12 @@ impl Acker {
                     .tracker
                     .lock()
                     .expect("ack tracker lock is never poisoned: no panics under it");
-                match msg {
+                let ready = match msg {
                     AckMsg::Complete(seq) => tracker.complete(seq),
                     AckMsg::Flush => tracker.flush(),
-                }
+                };
+                self.pending.set(tracker.pending() as i64);
+                ready
             };
             for pkid in ready {
                 let mut ack = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);

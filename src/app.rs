@@ -8,7 +8,6 @@
 //! bounds all of it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ use crate::http::{self, HttpState};
 use crate::ingress::{self, Ingress, Outputs};
 use crate::metrics::{Health, Metrics};
 use crate::publisher::{Publisher, Report};
-use crate::queue::{Dispatcher, Executor, RateLimiter};
+use crate::queue::{Dispatcher, Executor, RateLimiter, Slots};
 
 /// How long in-flight calls may take to finish at shutdown.
 pub const GRACE: Duration = Duration::from_secs(15);
@@ -85,7 +84,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let health = Arc::new(Health::default());
     let capacity = config.queue.capacity.get() as usize;
     metrics.queue_capacity.set(capacity as i64);
-    let held = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Slots::new(capacity));
 
     let (token_tx, token_rx) =
         token_channel(&config.home_assistant.token).map_err(StartError::Token)?;
@@ -126,7 +125,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             client.clone(),
             config.mqtt.prefix.clone(),
             metrics.clone(),
-            Arc::clone(&held),
+            Arc::clone(&slots),
             ack_tx.clone(),
         )
         .run(report_rx),
@@ -135,6 +134,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Acker {
             tracker: Arc::clone(&tracker),
             client: client.clone(),
+            pending: metrics.acks_pending.clone(),
         }
         .run(ack_rx),
     );
@@ -148,8 +148,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracker,
         metrics: metrics.clone(),
         health: Arc::clone(&health),
-        held: Arc::clone(&held),
-        capacity,
+        slots: Arc::clone(&slots),
+        overflow: Default::default(),
         max_age: config.queue.max_age,
     };
     let outputs = Outputs {
@@ -173,8 +173,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let http_state = HttpState {
         metrics: metrics.clone(),
         health,
-        held,
-        capacity,
+        slots: Arc::clone(&slots),
     };
     let http_stop = CancellationToken::new();
     tasks.spawn(http::serve(listener, http_state, http_stop.clone()));

@@ -3,7 +3,6 @@
 //!
 //! Read-only: it reports state owned elsewhere and changes nothing.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,13 +15,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Health, Metrics};
+use crate::queue::Slots;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Metrics,
     pub health: Arc<Health>,
-    pub held: Arc<AtomicUsize>,
-    pub capacity: usize,
+    pub slots: Arc<Slots>,
 }
 
 /// The readiness checks, each true when fine.
@@ -31,10 +30,7 @@ pub fn readiness(state: &HttpState) -> (bool, serde_json::Value) {
         ("mqtt_connected", Health::get(&state.health.mqtt_connected)),
         ("ha_reachable", Health::get(&state.health.ha_reachable)),
         ("ha_token_accepted", Health::get(&state.health.ha_token_ok)),
-        (
-            "queue_not_saturated",
-            state.held.load(Ordering::Relaxed) < state.capacity,
-        ),
+        ("queue_not_saturated", !state.slots.is_full()),
     ];
     let ready = checks.iter().all(|(_, ok)| *ok);
     let failing: Vec<&str> = checks

@@ -8,7 +8,7 @@
 //! and counted). It does not send acks (the acker does) and does not publish
 //! results (the publisher does).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use crate::command::{Command, ErrorCode, Outcome, ReplyTo};
 use crate::config::MqttConfig;
 use crate::metrics::{Health, Metrics};
 use crate::publisher::Report;
+use crate::queue::Slots;
 use crate::topic::CommandTopic;
 use crate::translate::{translate, MAX_PAYLOAD};
 
@@ -103,6 +104,19 @@ fn tls_transport(config: &MqttConfig) -> Result<Transport, MqttSetupError> {
     })
 }
 
+/// A registered message not yet admitted.
+pub struct Parked {
+    publish: Publish,
+    seq: u64,
+    received_at: Instant,
+}
+
+/// Whether a message would take a queue slot if admitted (commands do;
+/// retained ones, which are only reported, need not wait for one).
+fn publish_needs_slot(publish: &Publish) -> bool {
+    !publish.retain
+}
+
 /// Where ingress sends what it produced.
 pub struct Outputs {
     pub commands: mpsc::UnboundedSender<Command>,
@@ -118,9 +132,10 @@ pub struct Ingress {
     pub tracker: Arc<Mutex<AckTracker>>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
-    /// Commands holding a queue slot; shared with the publisher.
-    pub held: Arc<AtomicUsize>,
-    pub capacity: usize,
+    /// Queue slots; shared with the publisher.
+    pub slots: Arc<Slots>,
+    /// QoS 1 commands received beyond the queue's capacity, in order.
+    pub overflow: VecDeque<Parked>,
     pub max_age: Duration,
 }
 
@@ -143,6 +158,12 @@ impl Ingress {
                 _ = stop_polling.cancelled() => break,
                 _ = stop_taking.cancelled(), if outputs.is_some() => {
                     outputs = None;
+                    continue;
+                }
+                _ = self.slots.freed(), if !self.overflow.is_empty() && outputs.is_some() => {
+                    if let Some(out) = &outputs {
+                        self.drain_overflow(out);
+                    }
                     continue;
                 }
                 event = self.eventloop.poll() => event,
@@ -230,57 +251,68 @@ impl Ingress {
 
     fn on_publish(&mut self, publish: Publish, out: &Outputs) {
         let received_at = Instant::now();
-        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-        let seq = if publish.qos == QoS::AtMostOnce {
-            self.tracker
-                .lock()
-                .expect("ack tracker lock is never poisoned")
-                .next_unacked()
-        } else {
-            let fp = fingerprint(&publish.topic, &publish.payload);
-            let registration = self
-                .tracker
-                .lock()
-                .expect("ack tracker lock is never poisoned")
-                .register(publish.pkid, fp, publish.dup);
-            match registration {
-                Registration::New(seq) => seq,
-                Registration::Redelivered { done, .. } => {
-                    self.metrics.duplicates.inc();
-                    if done {
-                        let _ = out.acks.send(AckMsg::Flush);
+        let seq = {
+            let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned");
+            let seq = if publish.qos == QoS::AtMostOnce {
+                tracker.next_unacked()
+            } else {
+                let fp = fingerprint(&publish.topic, &publish.payload);
+                match tracker.register(publish.pkid, fp, publish.dup) {
+                    Registration::New(seq) => seq,
+                    Registration::Redelivered { done, .. } => {
+                        self.metrics.duplicates.inc();
+                        if done {
+                            let _ = out.acks.send(AckMsg::Flush);
+                        }
+                        return;
                     }
-                    return;
                 }
-            }
+            };
+            self.metrics.acks_pending.set(tracker.pending() as i64);
+            seq
         };
-        self.metrics.acks_pending.set(
-            self.tracker
-                .lock()
-                .expect("ack tracker lock is never poisoned")
-                .pending() as i64,
-        );
+        let incoming = Parked { publish, seq, received_at };
+        if publish_needs_slot(&incoming.publish) && (!self.overflow.is_empty() || self.slots.is_full()) {
+            if incoming.publish.qos != QoS::AtMostOnce {
+                // The broker sent more than our Receive Maximum: hold the
+                // message unparsed, in order, until a slot frees.
+                if self.overflow.is_empty() {
+                    tracing::warn!("the broker exceeds the receive maximum; holding commands until the queue has room");
+                }
+                self.overflow.push_back(incoming);
+                self.metrics.overflow.set(self.overflow.len() as i64);
+                return;
+            }
+        }
+        self.admit(incoming, out);
+    }
+
+    /// Admits parked commands while slots are free.
+    fn drain_overflow(&mut self, out: &Outputs) {
+        while !self.slots.is_full() {
+            let Some(parked) = self.overflow.pop_front() else { break };
+            self.admit(parked, out);
+        }
+        self.metrics.overflow.set(self.overflow.len() as i64);
+    }
+
+    /// Parses, checks and queues one command, or reports why not.
+    fn admit(&mut self, incoming: Parked, out: &Outputs) {
+        let Parked { publish, seq, received_at } = incoming;
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let parsed = self.config.prefix.parse_command(&topic);
         let kind = match &parsed {
             Ok(CommandTopic::Call { .. }) => "call",
             Ok(CommandTopic::Set(_)) => "set",
             Err(_) => "other",
         };
-        self.metrics
-            .messages_received
-            .with_label_values(&[kind])
-            .inc();
+        self.metrics.messages_received.with_label_values(&[kind]).inc();
         let mut reply = ReplyTo::default();
         let mut expiry = None;
         if let Some(p) = &publish.properties {
-            reply.response_topic = p
-                .response_topic
-                .clone()
-                .filter(|t| !t.is_empty() && !t.contains(['+', '#']));
+            reply.response_topic = p.response_topic.clone().filter(|t| !t.is_empty() && !t.contains(['+', '#']));
             reply.correlation_data = p.correlation_data.clone();
-            expiry = p
-                .message_expiry_interval
-                .map(|s| Duration::from_secs(u64::from(s)));
+            expiry = p.message_expiry_interval.map(|s| Duration::from_secs(u64::from(s)));
         }
         let reject = |code: ErrorCode, service, reply: ReplyTo, detail: String| Report {
             seq,
@@ -292,31 +324,21 @@ impl Ingress {
             held: false,
         };
         if publish.retain {
-            let _ = out.reports.send(reject(
-                ErrorCode::Retained,
-                parsed_service(&parsed),
-                reply,
-                "retained command ignored".into(),
-            ));
+            let _ = out.reports.send(reject(ErrorCode::Retained, parsed_service(&parsed), reply, "retained command ignored".into()));
             return;
         }
         let parsed = match parsed {
             Ok(p) => p,
             Err(e) => {
-                let _ =
-                    out.reports
-                        .send(reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
+                let _ = out.reports.send(reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
                 return;
             }
         };
-        let service = parsed_service(&Ok(parsed.clone()));
         let translated = match translate(&parsed, &publish.payload) {
             Ok(t) => t,
             Err(refused) => {
                 reply.correlation = refused.correlation;
-                let _ = out
-                    .reports
-                    .send(reject(refused.code, service, reply, refused.detail));
+                let _ = out.reports.send(reject(refused.code, parsed_service(&Ok(parsed)), reply, refused.detail));
                 return;
             }
         };
@@ -325,41 +347,21 @@ impl Ingress {
         // The result topic names the service actually called (set → turn_on…).
         let service = Some((call.domain.clone(), call.service.clone()));
         if let Err(code) = self.access.check(&call) {
-            let _ = out.reports.send(reject(
-                code,
-                service,
-                reply,
-                format!("{} is not in access.allow_services", call.name()),
-            ));
+            let _ = out.reports.send(reject(code, service, reply, format!("{} is not in access.allow_services", call.name())));
             return;
         }
-        let held = self.held.fetch_add(1, Ordering::AcqRel) + 1;
-        if held > self.capacity && publish.qos == QoS::AtMostOnce {
-            self.held.fetch_sub(1, Ordering::AcqRel);
-            let _ = out.reports.send(reject(
-                ErrorCode::QueueFull,
-                service,
-                reply,
-                "queue full; QoS 0 command dropped".into(),
-            ));
+        let Some(held) = self.slots.try_take() else {
+            // Only QoS 0 gets here with the queue full (QoS 1 was parked).
+            let _ = out.reports.send(reject(ErrorCode::QueueFull, service, reply, "queue full; QoS 0 command dropped".into()));
             return;
-        }
+        };
         self.metrics.queue_depth.set(held as i64);
         let max_age = expiry.map_or(self.max_age, |e| e.min(self.max_age));
-        let command = Command {
-            seq,
-            call,
-            reply,
-            received_at,
-            deadline: received_at + max_age,
-        };
+        let command = Command { seq, call, reply, received_at, deadline: received_at + max_age };
         if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
             // Only at shutdown: leave it unacked for the next session.
-            self.held.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(
-                seq = command.seq,
-                "queue closed; command left for the next session"
-            );
+            self.slots.release();
+            tracing::debug!(seq = command.seq, "queue closed; command left for the next session");
         }
     }
 

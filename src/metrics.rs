@@ -34,6 +34,8 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,
     pub acks_pending: IntGauge,
+    /// QoS 1 commands the broker sent beyond our Receive Maximum, held unparsed.
+    pub overflow: IntGauge,
     pub mqtt_connected: IntGauge,
     pub mqtt_reconnects: IntCounter,
     pub ha_up: IntGauge,
@@ -120,6 +122,7 @@ impl Metrics {
                 "acks_pending",
                 "QoS 1 commands received and not yet acknowledged",
             ),
+            overflow: gauge(&r, "queue_overflow", "QoS 1 commands received beyond queue capacity, waiting for a slot"),
             mqtt_connected: gauge(&r, "mqtt_connected", "1 while connected to the broker"),
             mqtt_reconnects: counter(
                 &r,

@@ -7,7 +7,6 @@
 //! the two repeats a command rather than losing its result.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use tokio::time::Instant;
 use crate::ack::AckMsg;
 use crate::command::{ErrorCode, Outcome, ReplyTo};
 use crate::metrics::Metrics;
+use crate::queue::Slots;
 use crate::topic::{EntityId, Slug, TopicPrefix};
 
 /// A command at its final outcome.
@@ -80,8 +80,8 @@ pub struct Publisher {
     pub client: AsyncClient,
     pub prefix: TopicPrefix,
     pub metrics: Metrics,
-    /// Commands holding a queue slot; shared with admission.
-    pub held: Arc<AtomicUsize>,
+    /// Queue slots; shared with admission.
+    pub slots: Arc<Slots>,
     pub acks: mpsc::UnboundedSender<AckMsg>,
     warned: HashMap<ErrorCode, (Instant, u64)>,
 }
@@ -94,14 +94,14 @@ impl Publisher {
         client: AsyncClient,
         prefix: TopicPrefix,
         metrics: Metrics,
-        held: Arc<AtomicUsize>,
+        slots: Arc<Slots>,
         acks: mpsc::UnboundedSender<AckMsg>,
     ) -> Self {
         Self {
             client,
             prefix,
             metrics,
-            held,
+            slots,
             acks,
             warned: HashMap::new(),
         }
@@ -117,10 +117,8 @@ impl Publisher {
     /// The single step: one command's end.
     pub async fn finish(&mut self, report: Report) {
         if report.held {
-            let before = self.held.fetch_sub(1, Ordering::AcqRel);
-            self.metrics
-                .queue_depth
-                .set(before.saturating_sub(1) as i64);
+            let held = self.slots.release();
+            self.metrics.queue_depth.set(held as i64);
         }
         self.metrics.outcome(&report.outcome);
         self.metrics

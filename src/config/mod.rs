@@ -192,14 +192,8 @@ pub fn load_raw(
         ConfigErrors(
             e.into_iter()
                 .map(|e| {
+                    // figment's path already ends with an unknown field's name.
                     let mut key = e.path.join(".");
-                    if let figment::error::Kind::UnknownField(field, _) = &e.kind {
-                        key = if key.is_empty() {
-                            field.clone()
-                        } else {
-                            format!("{key}.{field}")
-                        };
-                    }
                     if key.is_empty() {
                         key = "(file)".into();
                     }

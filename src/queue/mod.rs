@@ -8,6 +8,7 @@
 
 mod order;
 mod rate;
+mod slots;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use order::OrderBook;
 pub use rate::{RateLimiter, TokenBucket};
+pub use slots::Slots;
 
 use crate::backoff::Backoff;
 use crate::command::{Command, ErrorCode, Outcome};

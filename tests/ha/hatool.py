@@ -393,10 +393,20 @@ async def ensure_admin_refresh(session: aiohttp.ClientSession, st: State) -> Non
     st.write("admin.refresh", tokens["refresh_token"])
 
 
+async def token_works(session: aiohttp.ClientSession, st: State, name: str) -> bool:
+    """STATE_DIR/name exists and GET /api/ accepts it (a test may have revoked it)."""
+    if not st.has(name):
+        return False
+    status, _ = await http(session, st, "GET", "/api/", token=st.read(name), expect=(200, 401))
+    if status != 200:
+        log(f"{name} is no longer accepted (revoked?); replacing it")
+        return False
+    return True
+
+
 async def ensure_user_token(session: aiohttp.ClientSession, st: State, access: str) -> None:
-    if st.has("user.token"):
+    if await token_works(session, st, "user.token"):
         return
-    log(f"creating non-admin user {USER_USERNAME!r} (group {USER_GROUP})")
     async with WS(session, st, access) as ws:
         users = await ws.call("config/auth/list")
         user = next((u for u in users if u["name"] == USER_NAME), None)
@@ -406,6 +416,7 @@ async def ensure_user_token(session: aiohttp.ClientSession, st: State, access: s
             user = None
         password = st.read_or_create_password("user.password")
         if user is None:
+            log(f"creating non-admin user {USER_USERNAME!r} (group {USER_GROUP})")
             created = await ws.call(
                 "config/auth/create", name=USER_NAME, group_ids=[USER_GROUP]
             )
@@ -417,6 +428,7 @@ async def ensure_user_token(session: aiohttp.ClientSession, st: State, access: s
                 username=USER_USERNAME,
                 password=password,
             )
+    log(f"creating user.token (long-lived token of {USER_USERNAME!r})")
     code = await login_flow(session, st, USER_USERNAME, password)
     user_access = (await token_from_code(session, st, code))["access_token"]
     st.write("user.token", await long_lived_token(session, st, user_access, USER_TOKEN_CLIENT))
@@ -428,7 +440,7 @@ async def cmd_onboard(session: aiohttp.ClientSession, st: State, args: argparse.
     await ensure_admin_refresh(session, st)
     access = await access_from_refresh(session, st)
     await wait_running(session, st, access, deadline)
-    if not st.has("admin.token"):
+    if not await token_works(session, st, "admin.token"):
         log("creating admin long-lived token")
         st.write("admin.token", await long_lived_token(session, st, access, ADMIN_TOKEN_CLIENT))
     await ensure_user_token(session, st, access)
@@ -473,7 +485,7 @@ async def cmd_revoke(session: aiohttp.ClientSession, st: State, args: argparse.N
                 await ws.call("auth/delete_refresh_token", refresh_token_id=token_id)
             except Fail as err:
                 # HA may close this connection as soon as its token is gone.
-                log(f"(connection using the revoked token ended: {err})")
+                log(f"note: HA closed the connection that used the revoked token ({err})")
     for _ in range(50):
         status, _ = await http(session, st, "GET", "/api/", token=token, expect=(200, 401))
         if status == 401:

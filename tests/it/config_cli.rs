@@ -1,0 +1,108 @@
+//! The command line: `check` names every problem with its key path, `run`
+//! exits 64 on an invalid config, env variables override the file.
+
+use std::process::Command;
+
+fn gateway(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ha-gateway"));
+    cmd.args(args).env_remove("MQTT_HA_GATEWAY_CONFIG");
+    for (k, v) in std::env::vars() {
+        if k.starts_with("MQTT_HA_GATEWAY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(envs.iter().copied());
+    let out = cmd.output().expect("run the binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn check_lists_every_problem_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &dir,
+        "bad.toml",
+        r#"
+[mqtt]
+url = "http://broker"
+topic_prefix = "a/#"
+[home_assistant]
+url = "ftp://x"
+token_file = "/nonexistent/token"
+[queue]
+capacity = 0
+max_age = "soon"
+[access]
+allow_services = ["Light.*"]
+[metrics]
+listen = "nowhere"
+"#,
+    );
+    let (code, out) = gateway(&["check", "--config", &cfg], &[]);
+    assert_eq!(code, 1, "{out}");
+    for key in [
+        "mqtt.url",
+        "mqtt.topic_prefix",
+        "home_assistant.url",
+        "home_assistant.token_file",
+        "queue.capacity",
+        "queue.max_age",
+        "access.allow_services",
+        "metrics.listen",
+    ] {
+        assert!(out.contains(&format!("error: {key}: ")), "{key} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(&dir, "typo.toml", "[queue]\ncapacty = 5\n");
+    let (code, out) = gateway(&["check", "--config", &cfg], &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", "t")]);
+    assert_eq!(code, 1);
+    assert!(out.contains("error: queue.capacty: unknown field"), "{out}");
+}
+
+#[test]
+fn run_exits_64_on_an_invalid_config_before_binding_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(&dir, "empty.toml", "");
+    let (code, out) = gateway(&["run", "--config", &cfg], &[]);
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("home_assistant.token"), "{out}");
+    let (code, _) = gateway(&["run", "--config", "/nonexistent/gateway.toml"], &[]);
+    assert_eq!(code, 64);
+}
+
+#[test]
+fn env_variables_override_the_file_and_secrets_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(&dir, "ok.toml", "[queue]\ncapacity = 10\n");
+    let secret = "s3cr3t-token-planted-for-the-test";
+    let (code, out) = gateway(
+        &["check", "--config", &cfg],
+        &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret), ("MQTT_HA_GATEWAY_QUEUE__CONCURRENCY", "11")],
+    );
+    assert_eq!(code, 1, "concurrency 11 > capacity 10 is refused: {out}");
+    assert!(out.contains("error: queue.concurrency:"), "{out}");
+    assert!(!out.contains(secret));
+    let (code, out) = gateway(&["check", "--config", &cfg], &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains(secret));
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let (code, out) = gateway(
+        &["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml")],
+        &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", "t")],
+    );
+    assert_eq!(code, 0, "{out}");
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the gateway against a real Mosquitto and a fake HA.
+//! The real-HA tier lives in `tests/e2e`.
+
+mod commands;
+mod config_cli;
+mod faults;
+mod lifecycle;
+mod queue;
+mod support;

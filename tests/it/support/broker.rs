@@ -1,0 +1,87 @@
+//! A real Mosquitto broker per test, on a free loopback port.
+//!
+//! Where `mosquitto` is not installed the test says so and is skipped; under
+//! CI (`CI=true`) a missing broker fails the test instead.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Broker {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+fn find_mosquitto() -> Option<PathBuf> {
+    let from_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("mosquitto")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    from_path
+        .into_iter()
+        .chain(["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"].map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port").local_addr().unwrap().port()
+}
+
+impl Broker {
+    /// Starts a broker, or returns `None` (after saying why) when `mosquitto`
+    /// is not installed and we are not in CI.
+    pub fn start(test: &str) -> Option<Broker> {
+        let Some(binary) = find_mosquitto() else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{test}: mosquitto is not installed; CI must provide it (.ci/run installs it)");
+            }
+            eprintln!("SKIPPED {test}: mosquitto is not installed (apt-get install mosquitto)");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("create a temp dir");
+        let mut broker = Broker { port: free_port(), child: None, dir, binary };
+        broker.spawn();
+        Some(broker)
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 200000\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
+                self.port,
+                std::env::var("TEST_BROKER_LOG").map(|_| "log_type all\n").unwrap_or("")
+            ),
+        )
+        .expect("write the broker config");
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start listening on {}", self.port);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

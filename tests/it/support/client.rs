@@ -1,0 +1,141 @@
+//! A test MQTT 5 client: publish commands, collect what the gateway publishes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+    pub correlation_data: Option<Bytes>,
+}
+
+impl Message {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("{} is not JSON ({e}): {:?}", self.topic, self.payload))
+    }
+}
+
+pub struct TestClient {
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Message>,
+    /// Everything received so far and not yet taken.
+    seen: Vec<Message>,
+}
+
+impl TestClient {
+    /// Connects and subscribes to `filters`; returns once the subscriptions are acked.
+    pub async fn connect(port: u16, id: &str, filters: &[&str]) -> TestClient {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30)).set_request_channel_capacity(100_000);
+        let (client, mut eventloop) = AsyncClient::new(opts, 100_000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (subacked_tx, mut subacked_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let msg = Message {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.clone(),
+                            retain: p.retain,
+                            correlation_data: p.properties.as_ref().and_then(|p| p.correlation_data.clone()),
+                        };
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subacked_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        for f in filters {
+            // Retain As Published, so tests can see which messages are retained.
+            let filter = Filter { preserve_retain: true, ..Filter::new(*f, QoS::AtLeastOnce) };
+            client.subscribe_many([filter]).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), subacked_rx.recv()).await.expect("suback in time");
+        }
+        TestClient { client, rx, seen: Vec::new() }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
+    }
+
+    pub async fn publish_qos(&self, topic: &str, payload: impl Into<Bytes>, qos: QoS, retain: bool) {
+        self.client.publish(topic, qos, retain, payload.into()).await.unwrap();
+    }
+
+    pub async fn publish_request(&self, topic: &str, payload: &str, response_topic: &str, correlation: &[u8]) {
+        let props = PublishProperties {
+            response_topic: Some(response_topic.into()),
+            correlation_data: Some(Bytes::copy_from_slice(correlation)),
+            ..Default::default()
+        };
+        self.client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_owned(), props)
+            .await
+            .unwrap();
+    }
+
+    fn drain(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            self.seen.push(m);
+        }
+    }
+
+    /// Waits for the first message (already seen or new) on `topic` matching
+    /// `pred`, takes it and returns it; panics after `timeout`.
+    pub async fn expect(&mut self, topic: &str, timeout: Duration, pred: impl Fn(&Message) -> bool) -> Message {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            if let Some(i) = self.seen.iter().position(|m| m.topic == topic && pred(m)) {
+                return self.seen.remove(i);
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => self.seen.push(m),
+                Ok(None) => panic!("client closed"),
+                Err(_) => panic!(
+                    "timed out waiting for a message on {topic}; saw: {:?}",
+                    self.seen.iter().map(|m| (&m.topic, String::from_utf8_lossy(&m.payload))).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// The next result on `topic` (a JSON object).
+    pub async fn result(&mut self, topic: &str) -> Value {
+        self.expect(topic, Duration::from_secs(10), |_| true).await.json()
+    }
+
+    /// Collects messages on topics starting with `prefix` until `n` arrived.
+    pub async fn collect(&mut self, prefix: &str, n: usize, timeout: Duration) -> Vec<Message> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            let count = self.seen.iter().filter(|m| m.topic.starts_with(prefix)).count();
+            if count >= n {
+                let (taken, rest): (Vec<_>, Vec<_>) = self.seen.drain(..).partition(|m| m.topic.starts_with(prefix));
+                self.seen = rest;
+                return taken;
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => self.seen.push(m),
+                _ => panic!("timed out: {count} of {n} messages under {prefix}"),
+            }
+        }
+    }
+}

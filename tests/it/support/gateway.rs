@@ -1,0 +1,125 @@
+//! Runs the gateway in-process (or as a process) against a test broker and
+//! HA, with typed helpers for metrics and health.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mqtt_ha_gateway::app::{self, Running};
+use mqtt_ha_gateway::config;
+use mqtt_ha_gateway::metrics::Metrics;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const PREFIX: &str = "ha-gateway";
+
+/// A config file for a broker and an HA, with `extra` TOML appended to the
+/// named sections through env-style overrides.
+pub fn write_config(dir: &Path, broker_port: u16, ha_url: &str, token_file: &Path) -> PathBuf {
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[mqtt]
+url = "mqtt://127.0.0.1:{broker_port}"
+client_id = "gateway-under-test"
+topic_prefix = "{PREFIX}"
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+
+[home_assistant]
+url = "{ha_url}"
+token_file = "{}"
+retry_min = "20ms"
+retry_max = "200ms"
+
+[queue]
+rate_per_second = 0
+
+[access]
+allow_services = ["light.*", "switch.*", "scene.turn_on", "input_boolean.*"]
+
+[metrics]
+listen = "127.0.0.1:0"
+"#,
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+pub struct Gateway {
+    pub metrics_addr: SocketAddr,
+    pub metrics: Metrics,
+    shutdown: CancellationToken,
+    running: Option<Running>,
+}
+
+impl Gateway {
+    /// Starts the gateway from `config_file` with `overrides` as
+    /// `MQTT_HA_GATEWAY_*` variables (e.g. `("QUEUE__CAPACITY", "5")`).
+    pub async fn start(config_file: &Path, overrides: &[(&str, &str)]) -> Gateway {
+        let vars = overrides.iter().map(|(k, v)| (format!("{}{k}", config::ENV_PREFIX), v.to_string()));
+        let config = config::load(config_file, true, vars).unwrap_or_else(|e| panic!("{e}"));
+        let shutdown = CancellationToken::new();
+        let running = app::start(config, shutdown.clone()).await.expect("gateway starts");
+        Gateway { metrics_addr: running.metrics_addr, metrics: running.metrics.clone(), shutdown, running: Some(running) }
+    }
+
+    /// SIGTERM-equivalent: drains and waits.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(30), r.wait()).await.expect("gateway stops within 30 s");
+        }
+    }
+
+    /// The value of one sample, e.g. `commands_total{outcome="done",reason=""}`
+    /// (the `mqtt_ha_gateway_` prefix is added); 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        metric_in(&self.metrics.render(), sample)
+    }
+
+    /// Waits until `pred(metric(sample))`; panics after `timeout`.
+    pub async fn wait_metric(&self, sample: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(sample);
+            if pred(v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting on {sample} (now {v})");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `GET` a path of the metrics server: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics_addr, path).await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{addr}{path}")).await.expect("metrics server answers");
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Finds a sample in Prometheus text.
+pub fn metric_in(text: &str, sample: &str) -> f64 {
+    let wanted = format!("mqtt_ha_gateway_{sample}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == wanted).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,53 @@
+//! The test harness: a real Mosquitto, a fake HA, the gateway and an MQTT
+//! client, started together by [`setup`].
+
+pub mod broker;
+pub mod client;
+pub mod fake_ha;
+pub mod gateway;
+
+use std::path::PathBuf;
+
+pub use broker::Broker;
+pub use client::TestClient;
+pub use fake_ha::{FakeHa, Reply};
+pub use gateway::{Gateway, PREFIX};
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// Everything a command-path test needs.
+pub struct Env {
+    pub broker: Broker,
+    pub ha: FakeHa,
+    pub client: TestClient,
+    pub gateway: Gateway,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub token_file: PathBuf,
+}
+
+/// Starts broker, fake HA, gateway (with `overrides`) and a client subscribed
+/// to everything the gateway publishes. `None` when no broker can run here.
+pub async fn setup(test: &str, overrides: &[(&str, &str)]) -> Option<Env> {
+    let broker = Broker::start(test)?;
+    let ha = FakeHa::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let config = gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
+    let client = TestClient::connect(broker.port, &format!("tester-{test}"), &[&format!("{PREFIX}/result/#"), &format!("{PREFIX}/state/#"), &format!("{PREFIX}/status"), "reply/#"]).await;
+    let gateway = Gateway::start(&config, overrides).await;
+    Some(Env { broker, ha, client, gateway, dir, config, token_file })
+}
+
+impl Env {
+    /// Waits until the gateway is subscribed: it publishes `online` after
+    /// subscribing, and the broker handles our subscribe first.
+    pub async fn wait_online(&mut self) {
+        self.client
+            .expect(&format!("{PREFIX}/status"), std::time::Duration::from_secs(10), |m| &m.payload[..] == b"online")
+            .await;
+        // The SUBSCRIBE was queued before the online publish on one connection,
+        // so the broker has processed it once "online" is delivered.
+    }
+}
