@@ -252,7 +252,10 @@ impl Ingress {
     fn on_publish(&mut self, publish: Publish, out: &Outputs) {
         let received_at = Instant::now();
         let seq = {
-            let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned");
+            let mut tracker = self
+                .tracker
+                .lock()
+                .expect("ack tracker lock is never poisoned");
             let seq = if publish.qos == QoS::AtMostOnce {
                 tracker.next_unacked()
             } else {
@@ -271,18 +274,24 @@ impl Ingress {
             self.metrics.acks_pending.set(tracker.pending() as i64);
             seq
         };
-        let incoming = Parked { publish, seq, received_at };
-        if publish_needs_slot(&incoming.publish) && (!self.overflow.is_empty() || self.slots.is_full()) {
-            if incoming.publish.qos != QoS::AtMostOnce {
-                // The broker sent more than our Receive Maximum: hold the
-                // message unparsed, in order, until a slot frees.
-                if self.overflow.is_empty() {
-                    tracing::warn!("the broker exceeds the receive maximum; holding commands until the queue has room");
-                }
-                self.overflow.push_back(incoming);
-                self.metrics.overflow.set(self.overflow.len() as i64);
-                return;
+        let incoming = Parked {
+            publish,
+            seq,
+            received_at,
+        };
+        let qos1 = incoming.publish.qos != QoS::AtMostOnce;
+        if qos1
+            && publish_needs_slot(&incoming.publish)
+            && (!self.overflow.is_empty() || self.slots.is_full())
+        {
+            // The broker sent more than our Receive Maximum: hold the message
+            // unparsed, in order, until a slot frees.
+            if self.overflow.is_empty() {
+                tracing::warn!("the broker exceeds the receive maximum; holding commands until the queue has room");
             }
+            self.overflow.push_back(incoming);
+            self.metrics.overflow.set(self.overflow.len() as i64);
+            return;
         }
         self.admit(incoming, out);
     }
@@ -290,7 +299,9 @@ impl Ingress {
     /// Admits parked commands while slots are free.
     fn drain_overflow(&mut self, out: &Outputs) {
         while !self.slots.is_full() {
-            let Some(parked) = self.overflow.pop_front() else { break };
+            let Some(parked) = self.overflow.pop_front() else {
+                break;
+            };
             self.admit(parked, out);
         }
         self.metrics.overflow.set(self.overflow.len() as i64);
@@ -298,7 +309,11 @@ impl Ingress {
 
     /// Parses, checks and queues one command, or reports why not.
     fn admit(&mut self, incoming: Parked, out: &Outputs) {
-        let Parked { publish, seq, received_at } = incoming;
+        let Parked {
+            publish,
+            seq,
+            received_at,
+        } = incoming;
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let parsed = self.config.prefix.parse_command(&topic);
         let kind = match &parsed {
@@ -306,13 +321,21 @@ impl Ingress {
             Ok(CommandTopic::Set(_)) => "set",
             Err(_) => "other",
         };
-        self.metrics.messages_received.with_label_values(&[kind]).inc();
+        self.metrics
+            .messages_received
+            .with_label_values(&[kind])
+            .inc();
         let mut reply = ReplyTo::default();
         let mut expiry = None;
         if let Some(p) = &publish.properties {
-            reply.response_topic = p.response_topic.clone().filter(|t| !t.is_empty() && !t.contains(['+', '#']));
+            reply.response_topic = p
+                .response_topic
+                .clone()
+                .filter(|t| !t.is_empty() && !t.contains(['+', '#']));
             reply.correlation_data = p.correlation_data.clone();
-            expiry = p.message_expiry_interval.map(|s| Duration::from_secs(u64::from(s)));
+            expiry = p
+                .message_expiry_interval
+                .map(|s| Duration::from_secs(u64::from(s)));
         }
         let reject = |code: ErrorCode, service, reply: ReplyTo, detail: String| Report {
             seq,
@@ -324,13 +347,20 @@ impl Ingress {
             held: false,
         };
         if publish.retain {
-            let _ = out.reports.send(reject(ErrorCode::Retained, parsed_service(&parsed), reply, "retained command ignored".into()));
+            let _ = out.reports.send(reject(
+                ErrorCode::Retained,
+                parsed_service(&parsed),
+                reply,
+                "retained command ignored".into(),
+            ));
             return;
         }
         let parsed = match parsed {
             Ok(p) => p,
             Err(e) => {
-                let _ = out.reports.send(reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
+                let _ =
+                    out.reports
+                        .send(reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
                 return;
             }
         };
@@ -338,7 +368,12 @@ impl Ingress {
             Ok(t) => t,
             Err(refused) => {
                 reply.correlation = refused.correlation;
-                let _ = out.reports.send(reject(refused.code, parsed_service(&Ok(parsed)), reply, refused.detail));
+                let _ = out.reports.send(reject(
+                    refused.code,
+                    parsed_service(&Ok(parsed)),
+                    reply,
+                    refused.detail,
+                ));
                 return;
             }
         };
@@ -347,21 +382,40 @@ impl Ingress {
         // The result topic names the service actually called (set → turn_on…).
         let service = Some((call.domain.clone(), call.service.clone()));
         if let Err(code) = self.access.check(&call) {
-            let _ = out.reports.send(reject(code, service, reply, format!("{} is not in access.allow_services", call.name())));
+            let _ = out.reports.send(reject(
+                code,
+                service,
+                reply,
+                format!("{} is not in access.allow_services", call.name()),
+            ));
             return;
         }
         let Some(held) = self.slots.try_take() else {
             // Only QoS 0 gets here with the queue full (QoS 1 was parked).
-            let _ = out.reports.send(reject(ErrorCode::QueueFull, service, reply, "queue full; QoS 0 command dropped".into()));
+            let _ = out.reports.send(reject(
+                ErrorCode::QueueFull,
+                service,
+                reply,
+                "queue full; QoS 0 command dropped".into(),
+            ));
             return;
         };
         self.metrics.queue_depth.set(held as i64);
         let max_age = expiry.map_or(self.max_age, |e| e.min(self.max_age));
-        let command = Command { seq, call, reply, received_at, deadline: received_at + max_age };
+        let command = Command {
+            seq,
+            call,
+            reply,
+            received_at,
+            deadline: received_at + max_age,
+        };
         if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
             // Only at shutdown: leave it unacked for the next session.
             self.slots.release();
-            tracing::debug!(seq = command.seq, "queue closed; command left for the next session");
+            tracing::debug!(
+                seq = command.seq,
+                "queue closed; command left for the next session"
+            );
         }
     }
 

@@ -122,7 +122,11 @@ impl Metrics {
                 "acks_pending",
                 "QoS 1 commands received and not yet acknowledged",
             ),
-            overflow: gauge(&r, "queue_overflow", "QoS 1 commands received beyond queue capacity, waiting for a slot"),
+            overflow: gauge(
+                &r,
+                "queue_overflow",
+                "QoS 1 commands received beyond queue capacity, waiting for a slot",
+            ),
             mqtt_connected: gauge(&r, "mqtt_connected", "1 while connected to the broker"),
             mqtt_reconnects: counter(
                 &r,

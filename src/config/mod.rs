@@ -515,3 +515,6 @@ impl Validator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

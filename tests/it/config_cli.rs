@@ -6,14 +6,18 @@ use std::process::Command;
 fn gateway(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ha-gateway"));
     cmd.args(args).env_remove("MQTT_HA_GATEWAY_CONFIG");
-    for (k, v) in std::env::vars() {
+    for (k, _) in std::env::vars() {
         if k.starts_with("MQTT_HA_GATEWAY_") {
             cmd.env_remove(k);
         }
     }
     cmd.envs(envs.iter().copied());
     let out = cmd.output().expect("run the binary");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -57,7 +61,10 @@ listen = "nowhere"
         "access.allow_services",
         "metrics.listen",
     ] {
-        assert!(out.contains(&format!("error: {key}: ")), "{key} missing from:\n{out}");
+        assert!(
+            out.contains(&format!("error: {key}: ")),
+            "{key} missing from:\n{out}"
+        );
     }
 }
 
@@ -65,7 +72,10 @@ listen = "nowhere"
 fn unknown_keys_are_errors_with_their_path() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(&dir, "typo.toml", "[queue]\ncapacty = 5\n");
-    let (code, out) = gateway(&["check", "--config", &cfg], &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", "t")]);
+    let (code, out) = gateway(
+        &["check", "--config", &cfg],
+        &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", "t")],
+    );
     assert_eq!(code, 1);
     assert!(out.contains("error: queue.capacty: unknown field"), "{out}");
 }
@@ -88,12 +98,18 @@ fn env_variables_override_the_file_and_secrets_never_print() {
     let secret = "s3cr3t-token-planted-for-the-test";
     let (code, out) = gateway(
         &["check", "--config", &cfg],
-        &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret), ("MQTT_HA_GATEWAY_QUEUE__CONCURRENCY", "11")],
+        &[
+            ("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret),
+            ("MQTT_HA_GATEWAY_QUEUE__CONCURRENCY", "11"),
+        ],
     );
     assert_eq!(code, 1, "concurrency 11 > capacity 10 is refused: {out}");
     assert!(out.contains("error: queue.concurrency:"), "{out}");
     assert!(!out.contains(secret));
-    let (code, out) = gateway(&["check", "--config", &cfg], &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret)]);
+    let (code, out) = gateway(
+        &["check", "--config", &cfg],
+        &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret)],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains(secret));
 }
@@ -101,7 +117,11 @@ fn env_variables_override_the_file_and_secrets_never_print() {
 #[test]
 fn the_shipped_example_config_is_valid() {
     let (code, out) = gateway(
-        &["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml")],
+        &[
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"),
+        ],
         &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", "t")],
     );
     assert_eq!(code, 0, "{out}");

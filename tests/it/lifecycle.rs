@@ -35,36 +35,73 @@ async fn rig(test: &str) -> Option<Rig> {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let config = crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
-    Some(Rig { broker, ha, dir, config })
+    let config =
+        crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
+    Some(Rig {
+        broker,
+        ha,
+        dir,
+        config,
+    })
 }
 
 #[tokio::test]
 async fn kill_9_with_a_backlog_loses_no_qos1_command() {
-    let Some(rig) = rig("kill9").await else { return };
-    let mut client = TestClient::connect(rig.broker.port, "killer", &[&format!("{PREFIX}/status")]).await;
+    let Some(rig) = rig("kill9").await else {
+        return;
+    };
+    let mut client =
+        TestClient::connect(rig.broker.port, "killer", &[&format!("{PREFIX}/status")]).await;
     rig.ha.set_delay(Duration::from_millis(5));
     let log = rig.dir.path().join("gateway1.log");
     let mut gw = spawn_gateway(&rig.config, &log);
-    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"online").await;
+    client
+        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
+            &m.payload[..] == b"online"
+        })
+        .await;
 
     const N: u64 = 300;
     for n in 0..N {
-        client.publish(&format!("{PREFIX}/call/light/turn_on"), json!({"entity_id": format!("light.l{}", n % 7), "n": n}).to_string()).await;
+        client
+            .publish(
+                &format!("{PREFIX}/call/light/turn_on"),
+                json!({"entity_id": format!("light.l{}", n % 7), "n": n}).to_string(),
+            )
+            .await;
     }
-    rig.ha.wait_calls(Duration::from_secs(20), "a third of the calls", |c| c.len() as u64 >= N / 3).await;
+    rig.ha
+        .wait_calls(Duration::from_secs(20), "a third of the calls", |c| {
+            c.len() as u64 >= N / 3
+        })
+        .await;
     gw.kill().expect("SIGKILL the gateway");
     gw.wait().unwrap();
     let before = rig.ha.calls().len();
-    assert!((before as u64) < N, "the kill came mid-stream ({before} of {N} done)");
-    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"offline").await;
+    assert!(
+        (before as u64) < N,
+        "the kill came mid-stream ({before} of {N} done)"
+    );
+    client
+        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
+            &m.payload[..] == b"offline"
+        })
+        .await;
 
     let mut gw = spawn_gateway(&rig.config, &rig.dir.path().join("gateway2.log"));
     let calls = rig
         .ha
-        .wait_calls(Duration::from_secs(60), "every command after the restart", |c| {
-            c.iter().map(|c| c.body["n"].as_u64().unwrap()).collect::<HashSet<_>>().len() as u64 == N
-        })
+        .wait_calls(
+            Duration::from_secs(60),
+            "every command after the restart",
+            |c| {
+                c.iter()
+                    .map(|c| c.body["n"].as_u64().unwrap())
+                    .collect::<HashSet<_>>()
+                    .len() as u64
+                    == N
+            },
+        )
         .await;
     let duplicates = calls.len() as u64 - N;
     eprintln!("kill -9 after {before} calls: all {N} delivered, {duplicates} executed twice");
@@ -74,22 +111,56 @@ async fn kill_9_with_a_backlog_loses_no_qos1_command() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_and_exits_0() {
-    let Some(rig) = rig("sigterm").await else { return };
-    let mut client = TestClient::connect(rig.broker.port, "terminator", &[&format!("{PREFIX}/status"), &format!("{PREFIX}/result/#")]).await;
+    let Some(rig) = rig("sigterm").await else {
+        return;
+    };
+    let mut client = TestClient::connect(
+        rig.broker.port,
+        "terminator",
+        &[&format!("{PREFIX}/status"), &format!("{PREFIX}/result/#")],
+    )
+    .await;
     rig.ha.set_delay(Duration::from_millis(500));
     let mut gw = spawn_gateway(&rig.config, &rig.dir.path().join("gateway.log"));
-    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"online").await;
-    client.publish(&format!("{PREFIX}/call/light/turn_on"), r#"{"entity_id":"light.slow"}"#).await;
+    client
+        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
+            &m.payload[..] == b"online"
+        })
+        .await;
+    client
+        .publish(
+            &format!("{PREFIX}/call/light/turn_on"),
+            r#"{"entity_id":"light.slow"}"#,
+        )
+        .await;
     // Wait until the call is in flight (HA has it but has not answered).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while rig.ha.in_flight() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the call never reached HA");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never reached HA"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let status = Command::new("kill").args(["-TERM", &gw.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &gw.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || gw.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || gw.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(exit.code(), Some(0), "exit 0 after draining");
-    assert_eq!(client.result(&format!("{PREFIX}/result/light/turn_on")).await["ok"], true, "the in-flight call finished");
-    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"offline").await;
+    assert_eq!(
+        client
+            .result(&format!("{PREFIX}/result/light/turn_on"))
+            .await["ok"],
+        true,
+        "the in-flight call finished"
+    );
+    client
+        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
+            &m.payload[..] == b"offline"
+        })
+        .await;
 }

@@ -20,7 +20,8 @@ pub struct Message {
 
 impl Message {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("{} is not JSON ({e}): {:?}", self.topic, self.payload))
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {:?}", self.topic, self.payload))
     }
 }
 
@@ -35,7 +36,8 @@ impl TestClient {
     /// Connects and subscribes to `filters`; returns once the subscriptions are acked.
     pub async fn connect(port: u16, id: &str, filters: &[&str]) -> TestClient {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30)).set_request_channel_capacity(100_000);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_request_channel_capacity(100_000);
         let (client, mut eventloop) = AsyncClient::new(opts, 100_000);
         let (tx, rx) = mpsc::unbounded_channel();
         let (subacked_tx, mut subacked_rx) = mpsc::unbounded_channel();
@@ -47,7 +49,10 @@ impl TestClient {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload.clone(),
                             retain: p.retain,
-                            correlation_data: p.properties.as_ref().and_then(|p| p.correlation_data.clone()),
+                            correlation_data: p
+                                .properties
+                                .as_ref()
+                                .and_then(|p| p.correlation_data.clone()),
                         };
                         if tx.send(msg).is_err() {
                             return;
@@ -63,22 +68,49 @@ impl TestClient {
         });
         for f in filters {
             // Retain As Published, so tests can see which messages are retained.
-            let filter = Filter { preserve_retain: true, ..Filter::new(*f, QoS::AtLeastOnce) };
+            let filter = Filter {
+                preserve_retain: true,
+                ..Filter::new(*f, QoS::AtLeastOnce)
+            };
             client.subscribe_many([filter]).await.unwrap();
-            tokio::time::timeout(Duration::from_secs(10), subacked_rx.recv()).await.expect("suback in time");
+            tokio::time::timeout(Duration::from_secs(10), subacked_rx.recv())
+                .await
+                .expect("suback in time");
         }
-        TestClient { client, rx, seen: Vec::new() }
+        TestClient {
+            client,
+            rx,
+            seen: Vec::new(),
+        }
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
     }
 
-    pub async fn publish_qos(&self, topic: &str, payload: impl Into<Bytes>, qos: QoS, retain: bool) {
-        self.client.publish(topic, qos, retain, payload.into()).await.unwrap();
+    pub async fn publish_qos(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) {
+        self.client
+            .publish(topic, qos, retain, payload.into())
+            .await
+            .unwrap();
     }
 
-    pub async fn publish_request(&self, topic: &str, payload: &str, response_topic: &str, correlation: &[u8]) {
+    pub async fn publish_request(
+        &self,
+        topic: &str,
+        payload: &str,
+        response_topic: &str,
+        correlation: &[u8],
+    ) {
         let props = PublishProperties {
             response_topic: Some(response_topic.into()),
             correlation_data: Some(Bytes::copy_from_slice(correlation)),
@@ -98,7 +130,12 @@ impl TestClient {
 
     /// Waits for the first message (already seen or new) on `topic` matching
     /// `pred`, takes it and returns it; panics after `timeout`.
-    pub async fn expect(&mut self, topic: &str, timeout: Duration, pred: impl Fn(&Message) -> bool) -> Message {
+    pub async fn expect(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+        pred: impl Fn(&Message) -> bool,
+    ) -> Message {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain();
@@ -110,7 +147,10 @@ impl TestClient {
                 Ok(None) => panic!("client closed"),
                 Err(_) => panic!(
                     "timed out waiting for a message on {topic}; saw: {:?}",
-                    self.seen.iter().map(|m| (&m.topic, String::from_utf8_lossy(&m.payload))).collect::<Vec<_>>()
+                    self.seen
+                        .iter()
+                        .map(|m| (&m.topic, String::from_utf8_lossy(&m.payload)))
+                        .collect::<Vec<_>>()
                 ),
             }
         }
@@ -118,7 +158,9 @@ impl TestClient {
 
     /// The next result on `topic` (a JSON object).
     pub async fn result(&mut self, topic: &str) -> Value {
-        self.expect(topic, Duration::from_secs(10), |_| true).await.json()
+        self.expect(topic, Duration::from_secs(10), |_| true)
+            .await
+            .json()
     }
 
     /// Collects messages on topics starting with `prefix` until `n` arrived.
@@ -126,9 +168,16 @@ impl TestClient {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain();
-            let count = self.seen.iter().filter(|m| m.topic.starts_with(prefix)).count();
+            let count = self
+                .seen
+                .iter()
+                .filter(|m| m.topic.starts_with(prefix))
+                .count();
             if count >= n {
-                let (taken, rest): (Vec<_>, Vec<_>) = self.seen.drain(..).partition(|m| m.topic.starts_with(prefix));
+                let (taken, rest): (Vec<_>, Vec<_>) = self
+                    .seen
+                    .drain(..)
+                    .partition(|m| m.topic.starts_with(prefix));
                 self.seen = rest;
                 return taken;
             }

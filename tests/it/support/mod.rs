@@ -17,12 +17,12 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 /// Everything a command-path test needs.
 pub struct Env {
-    pub broker: Broker,
+    /// Kept alive for the test's duration.
+    pub _broker: Broker,
     pub ha: FakeHa,
     pub client: TestClient,
     pub gateway: Gateway,
-    pub dir: tempfile::TempDir,
-    pub config: PathBuf,
+    pub _dir: tempfile::TempDir,
     pub token_file: PathBuf,
 }
 
@@ -35,9 +35,26 @@ pub async fn setup(test: &str, overrides: &[(&str, &str)]) -> Option<Env> {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let config = gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
-    let client = TestClient::connect(broker.port, &format!("tester-{test}"), &[&format!("{PREFIX}/result/#"), &format!("{PREFIX}/state/#"), &format!("{PREFIX}/status"), "reply/#"]).await;
+    let client = TestClient::connect(
+        broker.port,
+        &format!("tester-{test}"),
+        &[
+            &format!("{PREFIX}/result/#"),
+            &format!("{PREFIX}/state/#"),
+            &format!("{PREFIX}/status"),
+            "reply/#",
+        ],
+    )
+    .await;
     let gateway = Gateway::start(&config, overrides).await;
-    Some(Env { broker, ha, client, gateway, dir, config, token_file })
+    Some(Env {
+        _broker: broker,
+        ha,
+        client,
+        gateway,
+        _dir: dir,
+        token_file,
+    })
 }
 
 impl Env {
@@ -45,7 +62,11 @@ impl Env {
     /// subscribing, and the broker handles our subscribe first.
     pub async fn wait_online(&mut self) {
         self.client
-            .expect(&format!("{PREFIX}/status"), std::time::Duration::from_secs(10), |m| &m.payload[..] == b"online")
+            .expect(
+                &format!("{PREFIX}/status"),
+                std::time::Duration::from_secs(10),
+                |m| &m.payload[..] == b"online",
+            )
             .await;
         // The SUBSCRIBE was queued before the online publish on one connection,
         // so the broker has processed it once "online" is delivered.
