@@ -17,7 +17,7 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -60,6 +60,10 @@ pub fn options(config: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions,
             true,
             None,
         ));
+    // Commands are small and latency matters: no Nagle delay.
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    o.set_network_options(network);
     let mut props = ConnectProperties::new();
     props.session_expiry_interval =
         Some(u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX));

@@ -73,7 +73,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 200000\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
+                "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nmax_queued_messages 200000\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
                 self.port,
                 std::env::var("TEST_BROKER_LOG").map(|_| "log_type all\n").unwrap_or("")
             ),

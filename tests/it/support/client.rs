@@ -38,6 +38,9 @@ impl TestClient {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30))
             .set_request_channel_capacity(100_000);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        opts.set_network_options(network);
         let (client, mut eventloop) = AsyncClient::new(opts, 100_000);
         let (tx, rx) = mpsc::unbounded_channel();
         let (subacked_tx, mut subacked_rx) = mpsc::unbounded_channel();

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 pub use broker::Broker;
 pub use client::TestClient;
+#[allow(unused_imports)] // not every user of the harness scripts replies
 pub use fake_ha::{FakeHa, Reply};
 pub use gateway::{Gateway, PREFIX};
 
