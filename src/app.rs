@@ -272,19 +272,10 @@ pub async fn check_online(config: &Config, timeout: Duration) -> bool {
 }
 
 async fn check_broker(config: &Config, timeout: Duration) -> Result<(), String> {
-    let mut mqtt = config.mqtt.clone();
     // A different id: never take over the running gateway's session.
-    mqtt.client_id = format!("{}-check", mqtt.client_id);
-    let mut options = ingress::options(&mqtt, 1).map_err(|e| e.to_string())?;
-    options
-        .set_clean_start(true)
-        .set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
-            "",
-            "",
-            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-            false,
-            None,
-        ));
+    let client_id = format!("{}-check", config.mqtt.client_id);
+    let options =
+        ingress::connection_options(&config.mqtt, &client_id).map_err(|e| e.to_string())?;
     let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 10);
     let result = tokio::time::timeout(timeout, async {
         loop {

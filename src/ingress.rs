@@ -45,31 +45,19 @@ pub enum MqttSetupError {
     File(String, std::io::Error),
 }
 
-/// Builds the client options: fixed id, kept session, manual acks, will.
-pub fn options(config: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions, MqttSetupError> {
-    let mut o = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+/// The connection itself: address, keep-alive, credentials, TLS, no Nagle.
+/// Shared by the gateway and `check --online`.
+pub fn connection_options(
+    config: &MqttConfig,
+    client_id: &str,
+) -> Result<MqttOptions, MqttSetupError> {
+    let mut o = MqttOptions::new(client_id, config.host.clone(), config.port);
     o.set_keep_alive(config.keep_alive)
-        .set_clean_start(false)
-        .set_manual_acks(true)
-        .set_request_channel_capacity(REQUEST_CHANNEL)
-        .set_connection_timeout(10)
-        .set_last_will(LastWill::new(
-            config.prefix.status(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-            None,
-        ));
+        .set_connection_timeout(10);
     // Commands are small and latency matters: no Nagle delay.
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     o.set_network_options(network);
-    let mut props = ConnectProperties::new();
-    props.session_expiry_interval =
-        Some(u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX));
-    props.receive_maximum = Some(receive_maximum);
-    props.max_packet_size = Some(MAX_PACKET);
-    o.set_connect_properties(props);
     if let Some(user) = &config.username {
         let password = match &config.password {
             Some(p) => p
@@ -84,6 +72,29 @@ pub fn options(config: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions,
     if config.tls {
         o.set_transport(tls_transport(config)?);
     }
+    Ok(o)
+}
+
+/// The gateway's session: fixed id, kept session, manual acks, last will,
+/// Receive Maximum = queue capacity.
+pub fn options(config: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions, MqttSetupError> {
+    let mut o = connection_options(config, &config.client_id)?;
+    o.set_clean_start(false)
+        .set_manual_acks(true)
+        .set_request_channel_capacity(REQUEST_CHANNEL)
+        .set_last_will(LastWill::new(
+            config.prefix.status(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval =
+        Some(u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX));
+    props.receive_maximum = Some(receive_maximum);
+    props.max_packet_size = Some(MAX_PACKET);
+    o.set_connect_properties(props);
     Ok(o)
 }
 

@@ -289,6 +289,28 @@ async fn home_assistants_own_answers_are_reported() {
         2.0
     );
     rig.gateway.stop().await;
+
+    // `check --online` reaches the real broker and HA with the real token…
+    let config = rig.dir.path().join("gateway.toml");
+    let (code, out) = check_online(&config, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("accepts the token"), "{out}");
+    // …and says clearly when HA refuses the token.
+    let wrong = rig.dir.path().join("wrong");
+    std::fs::write(&wrong, "not-a-valid-token").unwrap();
+    let (code, out) = check_online(
+        &config,
+        &[(
+            "MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN_FILE",
+            wrong.to_str().unwrap(),
+        )],
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: home_assistant: the token was refused"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -443,4 +465,20 @@ async fn a_non_admin_token_can_call_services() {
         .wait_state("light.hall", T, |s| s["state"] == "on")
         .await;
     rig.gateway.stop().await;
+}
+
+async fn check_online(config: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-ha-gateway"));
+    cmd.args(["check", "--online", "--config"])
+        .arg(config)
+        .envs(env.iter().copied());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
 }

@@ -164,3 +164,40 @@ async fn sigterm_drains_in_flight_calls_and_exits_0() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn after_the_broker_restarts_the_gateway_reconnects_and_resubscribes() {
+    let Some(mut env) = crate::support::setup("broker_restart", &[]).await else {
+        return;
+    };
+    env.wait_online().await;
+    env.broker.restart();
+    env.gateway
+        .wait_metric("mqtt_reconnects_total", Duration::from_secs(20), |v| {
+            v >= 1.0
+        })
+        .await;
+    // The new broker knows no session: the gateway must have subscribed again.
+    let mut client = TestClient::connect(
+        env.broker.port,
+        "after-restart",
+        &[&format!("{PREFIX}/result/#"), &format!("{PREFIX}/status")],
+    )
+    .await;
+    client
+        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
+            &m.payload[..] == b"online"
+        })
+        .await;
+    client
+        .publish(&format!("{PREFIX}/set/light/kitchen"), "ON")
+        .await;
+    assert_eq!(
+        client
+            .result(&format!("{PREFIX}/result/light/turn_on"))
+            .await["ok"],
+        true
+    );
+    assert_eq!(env.gateway.metric("mqtt_connected"), 1.0);
+    env.gateway.stop().await;
+}

@@ -99,6 +99,18 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Kills the broker (SIGKILL: sessions and retained messages are lost,
+    /// persistence is off) and starts a new one on the same port.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -18,8 +18,7 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 /// Everything a command-path test needs.
 pub struct Env {
-    /// Kept alive for the test's duration.
-    pub _broker: Broker,
+    pub broker: Broker,
     pub ha: FakeHa,
     pub client: TestClient,
     pub gateway: Gateway,
@@ -49,7 +48,7 @@ pub async fn setup(test: &str, overrides: &[(&str, &str)]) -> Option<Env> {
     .await;
     let gateway = Gateway::start(&config, overrides).await;
     Some(Env {
-        _broker: broker,
+        broker,
         ha,
         client,
         gateway,
