@@ -41,13 +41,9 @@ async fn throughput(n: usize) {
     let cpu_start = cpu_seconds();
     for i in 0..n {
         let body = json!({"entity_id": format!("light.l{}", i % 200), "n": i}).to_string();
-        env.client
-            .publish(&format!("{PREFIX}/call/light/turn_on"), body)
-            .await;
+        env.client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
     }
-    env.client
-        .collect(&format!("{PREFIX}/result/"), n, Duration::from_secs(60))
-        .await;
+    env.client.collect(&format!("{PREFIX}/result/"), n, Duration::from_secs(60)).await;
     let elapsed = start.elapsed();
     let cpu = cpu_seconds() - cpu_start;
     assert_eq!(env.ha.calls().len(), n, "every command reached HA");
@@ -61,12 +57,7 @@ async fn throughput(n: usize) {
 }
 
 async fn latency(n: usize, per_second: u64) {
-    let Some(mut env) = setup(
-        "bench-latency",
-        &[("QUEUE__RATE_PER_SECOND", "0"), ("LOG__LEVEL", "warn")],
-    )
-    .await
-    else {
+    let Some(mut env) = setup("bench-latency", &[("QUEUE__RATE_PER_SECOND", "0"), ("LOG__LEVEL", "warn")]).await else {
         return;
     };
     env.wait_online().await;
@@ -76,24 +67,13 @@ async fn latency(n: usize, per_second: u64) {
         tick.tick().await;
         sent.push(Instant::now());
         let body = json!({"entity_id": format!("light.l{}", i % 50), "n": i}).to_string();
-        env.client
-            .publish(&format!("{PREFIX}/call/light/turn_on"), body)
-            .await;
+        env.client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
     }
-    let calls = env
-        .ha
-        .wait_calls(Duration::from_secs(60), "all latency calls", |c| {
-            c.len() == n
-        })
-        .await;
-    let mut latencies: Vec<Duration> = calls
-        .iter()
-        .map(|c| c.at - sent[c.body["n"].as_u64().unwrap() as usize])
-        .collect();
+    let calls = env.ha.wait_calls(Duration::from_secs(60), "all latency calls", |c| c.len() == n).await;
+    let mut latencies: Vec<Duration> =
+        calls.iter().map(|c| c.at - sent[c.body["n"].as_u64().unwrap() as usize]).collect();
     latencies.sort();
-    env.client
-        .collect(&format!("{PREFIX}/result/"), n, Duration::from_secs(60))
-        .await;
+    env.client.collect(&format!("{PREFIX}/result/"), n, Duration::from_secs(60)).await;
     println!(
         "latency publish→HA at {per_second}/s over {n} commands: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
@@ -108,18 +88,9 @@ fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
     };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -128,10 +99,7 @@ fn main() {
     // absent: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
     let (n, m) = if quick { (200, 100) } else { (20_000, 2_000) };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         throughput(n).await;
         latency(m, 200).await;

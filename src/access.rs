@@ -25,14 +25,9 @@ impl AccessPolicy {
     pub fn new(patterns: &[String]) -> Result<Self, PolicyError> {
         let mut builder = GlobSetBuilder::new();
         for pattern in patterns {
-            let bad = |reason: &str| PolicyError::BadPattern {
-                pattern: pattern.clone(),
-                reason: reason.into(),
-            };
+            let bad = |reason: &str| PolicyError::BadPattern { pattern: pattern.clone(), reason: reason.into() };
             if pattern != "*" && !pattern.contains('.') {
-                return Err(bad(
-                    "expected domain.service, e.g. light.turn_on or light.*",
-                ));
+                return Err(bad("expected domain.service, e.g. light.turn_on or light.*"));
             }
             if pattern.chars().any(|c| c.is_ascii_uppercase() || c == '/') {
                 return Err(bad("domains and services are lowercase and contain no '/'"));
@@ -40,14 +35,10 @@ impl AccessPolicy {
             let glob = Glob::new(pattern).map_err(|e| bad(&e.kind().to_string()))?;
             builder.add(glob);
         }
-        let services = builder.build().map_err(|e| PolicyError::BadPattern {
-            pattern: patterns.join(", "),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
-            services,
-            patterns: patterns.to_vec(),
-        })
+        let services = builder
+            .build()
+            .map_err(|e| PolicyError::BadPattern { pattern: patterns.join(", "), reason: e.to_string() })?;
+        Ok(Self { services, patterns: patterns.to_vec() })
     }
 
     /// Allows or denies a call, with the reason code for a denial.
@@ -71,11 +62,7 @@ mod tests {
 
     fn call(name: &str) -> ServiceCall {
         let (d, s) = name.split_once('.').unwrap();
-        ServiceCall {
-            domain: Slug::parse(d).unwrap(),
-            service: Slug::parse(s).unwrap(),
-            data: Default::default(),
-        }
+        ServiceCall { domain: Slug::parse(d).unwrap(), service: Slug::parse(s).unwrap(), data: Default::default() }
     }
 
     fn policy(p: &[&str]) -> AccessPolicy {
@@ -106,10 +93,7 @@ mod tests {
 
     #[test]
     fn an_empty_policy_denies_everything() {
-        assert_eq!(
-            policy(&[]).check(&call("light.turn_on")),
-            Err(ErrorCode::ServiceDenied)
-        );
+        assert_eq!(policy(&[]).check(&call("light.turn_on")), Err(ErrorCode::ServiceDenied));
     }
 
     #[test]

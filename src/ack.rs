@@ -59,31 +59,17 @@ impl AckTracker {
     pub fn register(&mut self, pkid: u16, fingerprint: u64, dup: bool) -> Registration {
         if dup {
             if let Some(&seq) = self.orphans.get(&pkid) {
-                let entry = self
-                    .entries
-                    .get_mut(&seq)
-                    .expect("every orphan has an entry");
+                let entry = self.entries.get_mut(&seq).expect("every orphan has an entry");
                 if entry.fingerprint == fingerprint {
                     self.orphans.remove(&pkid);
                     entry.orphan = false;
                     self.order.push_back(seq);
-                    return Registration::Redelivered {
-                        seq,
-                        done: entry.done,
-                    };
+                    return Registration::Redelivered { seq, done: entry.done };
                 }
             }
         }
         let seq = self.next_unacked();
-        self.entries.insert(
-            seq,
-            Entry {
-                pkid,
-                fingerprint,
-                done: false,
-                orphan: false,
-            },
-        );
+        self.entries.insert(seq, Entry { pkid, fingerprint, done: false, orphan: false });
         self.order.push_back(seq);
         Registration::New(seq)
     }
@@ -178,10 +164,7 @@ impl Acker {
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
         while let Some(msg) = rx.recv().await {
             let ready = {
-                let mut tracker = self
-                    .tracker
-                    .lock()
-                    .expect("ack tracker lock is never poisoned: no panics under it");
+                let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned: no panics under it");
                 let ready = match msg {
                     AckMsg::Complete(seq) => tracker.complete(seq),
                     AckMsg::Flush => tracker.flush(),
@@ -224,25 +207,15 @@ mod tests {
     #[test]
     fn redelivery_after_reconnect_is_bound_not_rerun() {
         let mut t = AckTracker::default();
-        let Registration::New(a) = t.register(5, 42, false) else {
-            panic!()
-        };
-        let Registration::New(b) = t.register(6, 43, false) else {
-            panic!()
-        };
+        let Registration::New(a) = t.register(5, 42, false) else { panic!() };
+        let Registration::New(b) = t.register(6, 43, false) else { panic!() };
         assert!(t.complete(b).is_empty(), "b waits for a");
         t.reconnected(true);
         // a finishes while the connection is being re-established: no ack yet.
         assert!(t.complete(a).is_empty());
         // The broker redelivers both; neither is executed again.
-        assert_eq!(
-            t.register(5, 42, true),
-            Registration::Redelivered { seq: a, done: true }
-        );
-        assert_eq!(
-            t.register(6, 43, true),
-            Registration::Redelivered { seq: b, done: true }
-        );
+        assert_eq!(t.register(5, 42, true), Registration::Redelivered { seq: a, done: true });
+        assert_eq!(t.register(6, 43, true), Registration::Redelivered { seq: b, done: true });
         assert_eq!(t.flush(), vec![5, 6]);
     }
 
@@ -252,23 +225,16 @@ mod tests {
         t.register(5, 42, false);
         t.reconnected(true);
         assert!(matches!(t.register(5, 99, true), Registration::New(_)));
-        assert!(
-            matches!(t.register(5, 42, false), Registration::New(_)),
-            "no DUP flag: new"
-        );
+        assert!(matches!(t.register(5, 42, false), Registration::New(_)), "no DUP flag: new");
     }
 
     #[test]
     fn without_a_session_old_commands_are_never_acked() {
         let mut t = AckTracker::default();
-        let Registration::New(a) = t.register(1, 1, false) else {
-            panic!()
-        };
+        let Registration::New(a) = t.register(1, 1, false) else { panic!() };
         t.reconnected(false);
         assert!(t.complete(a).is_empty());
-        let Registration::New(b) = t.register(1, 2, false) else {
-            panic!()
-        };
+        let Registration::New(b) = t.register(1, 2, false) else { panic!() };
         assert_eq!(t.complete(b), vec![1]);
         assert_eq!(t.pending(), 0);
     }

@@ -35,10 +35,7 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} (metrics.listen): {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot read the home assistant token: {0}")]
     Token(std::io::Error),
     #[error(transparent)]
@@ -70,14 +67,9 @@ impl Running {
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let listener = TcpListener::bind(config.metrics.listen)
         .await
-        .map_err(|source| StartError::Bind {
-            addr: config.metrics.listen,
-            source,
-        })?;
-    let metrics_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.metrics.listen,
-        source,
-    })?;
+        .map_err(|source| StartError::Bind { addr: config.metrics.listen, source })?;
+    let metrics_addr =
+        listener.local_addr().map_err(|source| StartError::Bind { addr: config.metrics.listen, source })?;
     tracing::info!(addr = %metrics_addr, "serving /metrics, /healthz, /readyz");
 
     let metrics = Metrics::new();
@@ -86,8 +78,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     metrics.queue_capacity.set(capacity as i64);
     let slots = Arc::new(Slots::new(capacity));
 
-    let (token_tx, token_rx) =
-        token_channel(&config.home_assistant.token).map_err(StartError::Token)?;
+    let (token_tx, token_rx) = token_channel(&config.home_assistant.token).map_err(StartError::Token)?;
     let gate = AuthGate::new(config.home_assistant.auth_backoff, token_rx);
     let ha = HaClient::new(&config.home_assistant, gate)?;
 
@@ -114,29 +105,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         health: Arc::clone(&health),
         shutdown: shutdown.clone(),
     });
-    let dispatcher = Dispatcher {
-        executor,
-        concurrency: config.queue.concurrency,
-    };
+    let dispatcher = Dispatcher { executor, concurrency: config.queue.concurrency };
     let pipeline = TaskTracker::new();
     pipeline.spawn(dispatcher.run(cmd_rx, report_tx.clone()));
     pipeline.spawn(
-        Publisher::new(
-            client.clone(),
-            config.mqtt.prefix.clone(),
-            metrics.clone(),
-            Arc::clone(&slots),
-            ack_tx.clone(),
-        )
-        .run(report_rx),
+        Publisher::new(client.clone(), config.mqtt.prefix.clone(), metrics.clone(), Arc::clone(&slots), ack_tx.clone())
+            .run(report_rx),
     );
     pipeline.spawn(
-        Acker {
-            tracker: Arc::clone(&tracker),
-            client: client.clone(),
-            pending: metrics.acks_pending.clone(),
-        }
-        .run(ack_rx),
+        Acker { tracker: Arc::clone(&tracker), client: client.clone(), pending: metrics.acks_pending.clone() }
+            .run(ack_rx),
     );
     pipeline.close();
 
@@ -152,29 +130,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         overflow: Default::default(),
         max_age: config.queue.max_age,
     };
-    let outputs = Outputs {
-        commands: cmd_tx,
-        reports: report_tx,
-        acks: ack_tx,
-    };
+    let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };
     tasks.spawn(ingress.run(outputs, shutdown.clone(), stop_polling.clone()));
-    tasks.spawn(watch_token(
-        config.home_assistant.token.clone(),
-        token_tx,
-        Arc::clone(&reload),
-        shutdown.clone(),
-    ));
-    tasks.spawn(probe_ha(
-        ha,
-        Arc::clone(&health),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    let http_state = HttpState {
-        metrics: metrics.clone(),
-        health,
-        slots: Arc::clone(&slots),
-    };
+    tasks.spawn(watch_token(config.home_assistant.token.clone(), token_tx, Arc::clone(&reload), shutdown.clone()));
+    tasks.spawn(probe_ha(ha, Arc::clone(&health), metrics.clone(), shutdown.clone()));
+    let http_state = HttpState { metrics: metrics.clone(), health, slots: Arc::clone(&slots) };
     let http_stop = CancellationToken::new();
     tasks.spawn(http::serve(listener, http_state, http_stop.clone()));
     tasks.close();
@@ -190,30 +150,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         stop_polling.cancel();
         http_stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
             tracing::warn!("some tasks did not stop in time");
         }
         tracing::info!("stopped");
     });
-    Ok(Running {
-        metrics_addr,
-        metrics,
-        reload,
-        done,
-    })
+    Ok(Running { metrics_addr, metrics, reload, done })
 }
 
 /// Keeps `/readyz` honest while no commands flow: `GET /api/` now and then,
 /// never while the auth gate is closed (no hammering with a refused token).
-async fn probe_ha(
-    ha: HaClient,
-    health: Arc<Health>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) {
+async fn probe_ha(ha: HaClient, health: Arc<Health>, metrics: Metrics, shutdown: CancellationToken) {
     loop {
         if ha.gate.wait_open(tokio::time::Instant::now()).await.is_ok() {
             let (reachable, token_ok) = match ha.probe().await {
@@ -242,19 +189,13 @@ async fn probe_ha(
 pub async fn check_online(config: &Config, timeout: Duration) -> bool {
     let broker = check_broker(config, timeout).await;
     match &broker {
-        Ok(()) => println!(
-            "mqtt: connected to {}:{}",
-            config.mqtt.host, config.mqtt.port
-        ),
+        Ok(()) => println!("mqtt: connected to {}:{}", config.mqtt.host, config.mqtt.port),
         Err(e) => println!("error: mqtt.url: {e}"),
     }
     let ha = async {
         let (_tx, rx) = token_channel(&config.home_assistant.token).map_err(|e| e.to_string())?;
-        let client = HaClient::new(
-            &config.home_assistant,
-            AuthGate::new(config.home_assistant.auth_backoff, rx),
-        )
-        .map_err(|e| e.to_string())?;
+        let client = HaClient::new(&config.home_assistant, AuthGate::new(config.home_assistant.auth_backoff, rx))
+            .map_err(|e| e.to_string())?;
         client.probe().await.map_err(|e| match e.kind {
             crate::ha::HaErrorKind::Unauthorized => "the token was refused (401/403)".to_owned(),
             _ => e.to_string(),
@@ -262,10 +203,7 @@ pub async fn check_online(config: &Config, timeout: Duration) -> bool {
     }
     .await;
     match &ha {
-        Ok(()) => println!(
-            "home assistant: {} accepts the token",
-            config.home_assistant.url
-        ),
+        Ok(()) => println!("home assistant: {} accepts the token", config.home_assistant.url),
         Err(e) => println!("error: home_assistant: {e}"),
     }
     broker.is_ok() && ha.is_ok()
@@ -274,15 +212,12 @@ pub async fn check_online(config: &Config, timeout: Duration) -> bool {
 async fn check_broker(config: &Config, timeout: Duration) -> Result<(), String> {
     // A different id: never take over the running gateway's session.
     let client_id = format!("{}-check", config.mqtt.client_id);
-    let options =
-        ingress::connection_options(&config.mqtt, &client_id).map_err(|e| e.to_string())?;
+    let options = ingress::connection_options(&config.mqtt, &client_id).map_err(|e| e.to_string())?;
     let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 10);
     let result = tokio::time::timeout(timeout, async {
         loop {
             match eventloop.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(
-                    _,
-                ))) => return Ok(()),
+                Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_))) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             }

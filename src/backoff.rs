@@ -78,11 +78,7 @@ mod tests {
             (u32::MAX, 1.0, ms(1000)),
         ];
         for (attempt, unit, expected) in table {
-            assert_eq!(
-                b.delay_with(attempt, unit),
-                expected,
-                "attempt {attempt} unit {unit}"
-            );
+            assert_eq!(b.delay_with(attempt, unit), expected, "attempt {attempt} unit {unit}");
         }
     }
 
@@ -91,19 +87,13 @@ mod tests {
         let b = Backoff::try_new(ms(10), ms(80)).unwrap();
         for attempt in 0..10 {
             let d = b.delay(attempt);
-            assert!(
-                d >= b.ceiling(attempt) / 2 && d <= b.ceiling(attempt),
-                "{d:?}"
-            );
+            assert!(d >= b.ceiling(attempt) / 2 && d <= b.ceiling(attempt), "{d:?}");
         }
     }
 
     #[test]
     fn invalid_policies_cannot_be_built() {
         assert_eq!(Backoff::try_new(ms(0), ms(5)), Err(BackoffError::Zero));
-        assert!(matches!(
-            Backoff::try_new(ms(6), ms(5)),
-            Err(BackoffError::MinAboveMax { .. })
-        ));
+        assert!(matches!(Backoff::try_new(ms(6), ms(5)), Err(BackoffError::MinAboveMax { .. })));
     }
 }

@@ -26,16 +26,8 @@ impl ServiceCall {
     /// a comma-separated string or a list). Used for ordering and access.
     pub fn entity_ids(&self) -> Vec<&str> {
         match self.data.get("entity_id") {
-            Some(Value::String(s)) => s
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::trim)
-                .collect(),
+            Some(Value::String(s)) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::trim).collect(),
             _ => Vec::new(),
         }
     }
@@ -80,18 +72,10 @@ impl ServiceCall {
         let service = self.service.as_str();
         let safe_service = matches!(
             service,
-            "turn_on"
-                | "turn_off"
-                | "open_cover"
-                | "close_cover"
-                | "open_valve"
-                | "close_valve"
-                | "stop_cover"
+            "turn_on" | "turn_off" | "open_cover" | "close_cover" | "open_valve" | "close_valve" | "stop_cover"
         ) || service.starts_with("set_")
             || service.starts_with("select_");
-        safe_service
-            && !NEVER.contains(&self.domain.as_str())
-            && !STEPS.iter().any(|k| self.data.contains_key(*k))
+        safe_service && !NEVER.contains(&self.domain.as_str()) && !STEPS.iter().any(|k| self.data.contains_key(*k))
     }
 }
 
@@ -191,25 +175,11 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn done(status: u16, changed: Vec<Value>) -> Self {
-        Self {
-            status: Some(status),
-            changed,
-            error: None,
-            detail: None,
-        }
+        Self { status: Some(status), changed, error: None, detail: None }
     }
 
-    pub fn failed(
-        error: ErrorCode,
-        status: Option<u16>,
-        detail: impl Into<Option<String>>,
-    ) -> Self {
-        Self {
-            status,
-            changed: Vec::new(),
-            error: Some(error),
-            detail: detail.into(),
-        }
+    pub fn failed(error: ErrorCode, status: Option<u16>, detail: impl Into<Option<String>>) -> Self {
+        Self { status, changed: Vec::new(), error: Some(error), detail: detail.into() }
     }
 
     pub fn ok(&self) -> bool {

@@ -33,11 +33,7 @@ pub fn readiness(state: &HttpState) -> (bool, serde_json::Value) {
         ("queue_not_saturated", !state.slots.is_full()),
     ];
     let ready = checks.iter().all(|(_, ok)| *ok);
-    let failing: Vec<&str> = checks
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(name, _)| *name)
-        .collect();
+    let failing: Vec<&str> = checks.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name).collect();
     let body = json!({
         "ready": ready,
         "checks": checks.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -47,13 +43,7 @@ pub fn readiness(state: &HttpState) -> (bool, serde_json::Value) {
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -62,11 +52,7 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     let (ready, body) = readiness(&s);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body))
 }
 
@@ -80,9 +66,8 @@ pub fn router(state: HttpState) -> Router {
 
 /// Serves until `shutdown`.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let result =
+        axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "metrics server failed");
     }

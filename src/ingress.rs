@@ -12,9 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{
-    ConnectProperties, Filter, LastWill, Packet, Publish, RetainForwardRule,
-};
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Filter, LastWill, Packet, Publish, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
@@ -47,24 +45,18 @@ pub enum MqttSetupError {
 
 /// The connection itself: address, keep-alive, credentials, TLS, no Nagle.
 /// Shared by the gateway and `check --online`.
-pub fn connection_options(
-    config: &MqttConfig,
-    client_id: &str,
-) -> Result<MqttOptions, MqttSetupError> {
+pub fn connection_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, MqttSetupError> {
     let mut o = MqttOptions::new(client_id, config.host.clone(), config.port);
-    o.set_keep_alive(config.keep_alive)
-        .set_connection_timeout(10);
+    o.set_keep_alive(config.keep_alive).set_connection_timeout(10);
     // Commands are small and latency matters: no Nagle delay.
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     o.set_network_options(network);
     if let Some(user) = &config.username {
         let password = match &config.password {
-            Some(p) => p
-                .read()
-                .map_err(|e| MqttSetupError::File("mqtt.password_file".into(), e))?
-                .expose_secret()
-                .to_owned(),
+            Some(p) => {
+                p.read().map_err(|e| MqttSetupError::File("mqtt.password_file".into(), e))?.expose_secret().to_owned()
+            }
             None => String::new(),
         };
         o.set_credentials(user.clone(), password);
@@ -82,16 +74,9 @@ pub fn options(config: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions,
     o.set_clean_start(false)
         .set_manual_acks(true)
         .set_request_channel_capacity(REQUEST_CHANNEL)
-        .set_last_will(LastWill::new(
-            config.prefix.status(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-            None,
-        ));
+        .set_last_will(LastWill::new(config.prefix.status(), "offline", QoS::AtLeastOnce, true, None));
     let mut props = ConnectProperties::new();
-    props.session_expiry_interval =
-        Some(u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX));
+    props.session_expiry_interval = Some(u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX));
     props.receive_maximum = Some(receive_maximum);
     props.max_packet_size = Some(MAX_PACKET);
     o.set_connect_properties(props);
@@ -99,22 +84,13 @@ pub fn options(config: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions,
 }
 
 fn tls_transport(config: &MqttConfig) -> Result<Transport, MqttSetupError> {
-    let read = |key: &str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| MqttSetupError::File(key.into(), e))
-    };
+    let read = |key: &str, p: &std::path::Path| std::fs::read(p).map_err(|e| MqttSetupError::File(key.into(), e));
     let client_auth = match &config.client_cert {
-        Some((cert, key)) => Some((
-            read("mqtt.client_cert_file", cert)?,
-            read("mqtt.client_key_file", key)?,
-        )),
+        Some((cert, key)) => Some((read("mqtt.client_cert_file", cert)?, read("mqtt.client_key_file", key)?)),
         None => None,
     };
     Ok(match &config.ca_file {
-        Some(ca) => Transport::Tls(TlsConfiguration::Simple {
-            ca: read("mqtt.ca_file", ca)?,
-            alpn: None,
-            client_auth,
-        }),
+        Some(ca) => Transport::Tls(TlsConfiguration::Simple { ca: read("mqtt.ca_file", ca)?, alpn: None, client_auth }),
         None => Transport::tls_with_default_config(),
     })
 }
@@ -158,12 +134,7 @@ impl Ingress {
     /// Polls the event loop until `stop_polling`. After `stop_taking` no new
     /// command is taken (they stay unacked for the next session) but results
     /// and acks of the ones in flight still go out.
-    pub async fn run(
-        mut self,
-        outputs: Outputs,
-        stop_taking: CancellationToken,
-        stop_polling: CancellationToken,
-    ) {
+    pub async fn run(mut self, outputs: Outputs, stop_taking: CancellationToken, stop_polling: CancellationToken) {
         let mut outputs = Some(outputs);
         let mut failures = 0u32;
         let mut connected_once = false;
@@ -194,12 +165,11 @@ impl Ingress {
                     None => tracing::debug!("shutting down: command left for the next session"),
                 },
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack.return_codes.iter().any(|c| {
-                        !matches!(
-                            c,
-                            rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
-                        )
-                    }) {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
+                    {
                         tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription; check its ACLs");
                     }
                 }
@@ -237,10 +207,7 @@ impl Ingress {
             session_present,
             "connected to the mqtt broker"
         );
-        self.tracker
-            .lock()
-            .expect("ack tracker lock is never poisoned")
-            .reconnected(session_present);
+        self.tracker.lock().expect("ack tracker lock is never poisoned").reconnected(session_present);
         if !session_present {
             let filters = self.config.prefix.command_filters().map(|path| Filter {
                 path,
@@ -254,12 +221,7 @@ impl Ingress {
                 tracing::error!(error = %e, "could not subscribe");
             }
         }
-        if let Err(e) = self.client.try_publish(
-            self.config.prefix.status(),
-            QoS::AtLeastOnce,
-            true,
-            "online",
-        ) {
+        if let Err(e) = self.client.try_publish(self.config.prefix.status(), QoS::AtLeastOnce, true, "online") {
             tracing::warn!(error = %e, "could not publish online status");
         }
     }
@@ -267,10 +229,7 @@ impl Ingress {
     fn on_publish(&mut self, publish: Publish, out: &Outputs) {
         let received_at = Instant::now();
         let seq = {
-            let mut tracker = self
-                .tracker
-                .lock()
-                .expect("ack tracker lock is never poisoned");
+            let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned");
             let seq = if publish.qos == QoS::AtMostOnce {
                 tracker.next_unacked()
             } else {
@@ -289,16 +248,9 @@ impl Ingress {
             self.metrics.acks_pending.set(tracker.pending() as i64);
             seq
         };
-        let incoming = Parked {
-            publish,
-            seq,
-            received_at,
-        };
+        let incoming = Parked { publish, seq, received_at };
         let qos1 = incoming.publish.qos != QoS::AtMostOnce;
-        if qos1
-            && publish_needs_slot(&incoming.publish)
-            && (!self.overflow.is_empty() || self.slots.is_full())
-        {
+        if qos1 && publish_needs_slot(&incoming.publish) && (!self.overflow.is_empty() || self.slots.is_full()) {
             // The broker sent more than our Receive Maximum: hold the message
             // unparsed, in order, until a slot frees.
             if self.overflow.is_empty() {
@@ -324,11 +276,7 @@ impl Ingress {
 
     /// Parses, checks and queues one command, or reports why not.
     fn admit(&mut self, incoming: Parked, out: &Outputs) {
-        let Parked {
-            publish,
-            seq,
-            received_at,
-        } = incoming;
+        let Parked { publish, seq, received_at } = incoming;
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let parsed = self.config.prefix.parse_command(&topic);
         let kind = match &parsed {
@@ -336,21 +284,13 @@ impl Ingress {
             Ok(CommandTopic::Set(_)) => "set",
             Err(_) => "other",
         };
-        self.metrics
-            .messages_received
-            .with_label_values(&[kind])
-            .inc();
+        self.metrics.messages_received.with_label_values(&[kind]).inc();
         let mut reply = ReplyTo::default();
         let mut expiry = None;
         if let Some(p) = &publish.properties {
-            reply.response_topic = p
-                .response_topic
-                .clone()
-                .filter(|t| !t.is_empty() && !t.contains(['+', '#']));
+            reply.response_topic = p.response_topic.clone().filter(|t| !t.is_empty() && !t.contains(['+', '#']));
             reply.correlation_data = p.correlation_data.clone();
-            expiry = p
-                .message_expiry_interval
-                .map(|s| Duration::from_secs(u64::from(s)));
+            expiry = p.message_expiry_interval.map(|s| Duration::from_secs(u64::from(s)));
         }
         let reject = |code: ErrorCode, service, reply: ReplyTo, detail: String| Report {
             seq,
@@ -373,9 +313,7 @@ impl Ingress {
         let parsed = match parsed {
             Ok(p) => p,
             Err(e) => {
-                let _ =
-                    out.reports
-                        .send(reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
+                let _ = out.reports.send(reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
                 return;
             }
         };
@@ -383,12 +321,7 @@ impl Ingress {
             Ok(t) => t,
             Err(refused) => {
                 reply.correlation = refused.correlation;
-                let _ = out.reports.send(reject(
-                    refused.code,
-                    parsed_service(&Ok(parsed)),
-                    reply,
-                    refused.detail,
-                ));
+                let _ = out.reports.send(reject(refused.code, parsed_service(&Ok(parsed)), reply, refused.detail));
                 return;
             }
         };
@@ -417,39 +350,23 @@ impl Ingress {
         };
         self.metrics.queue_depth.set(held as i64);
         let max_age = expiry.map_or(self.max_age, |e| e.min(self.max_age));
-        let command = Command {
-            seq,
-            call,
-            reply,
-            received_at,
-            deadline: received_at + max_age,
-        };
+        let command = Command { seq, call, reply, received_at, deadline: received_at + max_age };
         if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
             // Only at shutdown: leave it unacked for the next session.
             self.slots.release();
-            tracing::debug!(
-                seq = command.seq,
-                "queue closed; command left for the next session"
-            );
+            tracing::debug!(seq = command.seq, "queue closed; command left for the next session");
         }
     }
 
     /// Publishes `offline` (a clean disconnect suppresses the will), sends
     /// DISCONNECT after everything queued before it, and waits briefly.
     async fn goodbye(mut self) {
-        let _ = self.client.try_publish(
-            self.config.prefix.status(),
-            QoS::AtLeastOnce,
-            true,
-            "offline",
-        );
+        let _ = self.client.try_publish(self.config.prefix.status(), QoS::AtLeastOnce, true, "offline");
         let _ = self.client.try_disconnect();
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
-                    break
-                }
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
                 Ok(Ok(_)) => {}
             }
         }
@@ -462,10 +379,9 @@ fn parsed_service(
 ) -> Option<(crate::topic::Slug, crate::topic::Slug)> {
     match parsed {
         Ok(CommandTopic::Call { domain, service }) => Some((domain.clone(), service.clone())),
-        Ok(CommandTopic::Set(entity)) => Some((
-            entity.domain.clone(),
-            crate::topic::Slug::parse("set").expect("valid slug"),
-        )),
+        Ok(CommandTopic::Set(entity)) => {
+            Some((entity.domain.clone(), crate::topic::Slug::parse("set").expect("valid slug")))
+        }
         Err(_) => None,
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use mqtt_ha_gateway::config::{self, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 
@@ -23,28 +23,22 @@ struct Cli {
     command: Cmd,
 }
 
+/// Where the config file is.
+#[derive(Args)]
+struct ConfigArg {
+    /// The TOML config file.
+    #[arg(long, short, env = "MQTT_HA_GATEWAY_CONFIG", default_value = "config/gateway.toml")]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway.
-    Run {
-        /// The TOML config file.
-        #[arg(
-            long,
-            short,
-            env = "MQTT_HA_GATEWAY_CONFIG",
-            default_value = "config/gateway.toml"
-        )]
-        config: PathBuf,
-    },
+    Run(ConfigArg),
     /// Validate the config and print every problem with its key path.
     Check {
-        #[arg(
-            long,
-            short,
-            env = "MQTT_HA_GATEWAY_CONFIG",
-            default_value = "config/gateway.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Also reach the broker and Home Assistant with the token.
         #[arg(long)]
         online: bool,
@@ -59,15 +53,15 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Run { config } => run(&config),
-        Cmd::Check { config, online } => check(&config, online),
+        Cmd::Run(ConfigArg { config }) => run(&config),
+        Cmd::Check { config: ConfigArg { config }, online } => check(&config, online),
         Cmd::Health { url } => health(&url),
     }
 }
 
 fn load(path: &PathBuf) -> Result<Config, config::ConfigErrors> {
-    let explicit = std::env::var_os("MQTT_HA_GATEWAY_CONFIG").is_some()
-        || path != &PathBuf::from("config/gateway.toml");
+    let explicit =
+        std::env::var_os("MQTT_HA_GATEWAY_CONFIG").is_some() || path != &PathBuf::from("config/gateway.toml");
     config::load(path, explicit, std::env::vars())
 }
 
@@ -124,16 +118,11 @@ fn run(path: &PathBuf) -> ExitCode {
 }
 
 #[cfg(unix)]
-async fn wait_for_signals(
-    shutdown: CancellationToken,
-    reload: std::sync::Arc<tokio::sync::Notify>,
-) {
+async fn wait_for_signals(shutdown: CancellationToken, reload: std::sync::Arc<tokio::sync::Notify>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
@@ -151,10 +140,7 @@ async fn wait_for_signals(
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(
-    shutdown: CancellationToken,
-    _reload: std::sync::Arc<tokio::sync::Notify>,
-) {
+async fn wait_for_signals(shutdown: CancellationToken, _reload: std::sync::Arc<tokio::sync::Notify>) {
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
 }
@@ -175,10 +161,7 @@ fn check(path: &PathBuf, online: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     install_crypto();
-    let ok = runtime().block_on(mqtt_ha_gateway::app::check_online(
-        &config,
-        Duration::from_secs(10),
-    ));
+    let ok = runtime().block_on(mqtt_ha_gateway::app::check_online(&config, Duration::from_secs(10)));
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -187,14 +170,8 @@ fn check(path: &PathBuf, online: bool) -> ExitCode {
 }
 
 fn health(url: &str) -> ExitCode {
-    let result = runtime().block_on(async {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .build()?
-            .get(url)
-            .send()
-            .await
-    });
+    let result = runtime()
+        .block_on(async { reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?.get(url).send().await });
     match result {
         Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
         Ok(r) => {

@@ -7,10 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::command::{ErrorCode, Outcome};
 
@@ -44,36 +41,27 @@ pub struct Metrics {
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)
         .expect("metric names are static and valid");
-    r.register(Box::new(c.clone()))
-        .expect("each metric is registered once");
+    r.register(Box::new(c.clone())).expect("each metric is registered once");
     c
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(format!("{PREFIX}_{name}"), help)
-        .expect("metric names are static and valid");
-    r.register(Box::new(c.clone()))
-        .expect("each metric is registered once");
+    let c = IntCounter::new(format!("{PREFIX}_{name}"), help).expect("metric names are static and valid");
+    r.register(Box::new(c.clone())).expect("each metric is registered once");
     c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g =
-        IntGauge::new(format!("{PREFIX}_{name}"), help).expect("metric names are static and valid");
-    r.register(Box::new(g.clone()))
-        .expect("each metric is registered once");
+    let g = IntGauge::new(format!("{PREFIX}_{name}"), help).expect("metric names are static and valid");
+    r.register(Box::new(g.clone())).expect("each metric is registered once");
     g
 }
 
 fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
-    let buckets = vec![
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    ];
-    let h =
-        Histogram::with_opts(HistogramOpts::new(format!("{PREFIX}_{name}"), help).buckets(buckets))
-            .expect("metric names are static and valid");
-    r.register(Box::new(h.clone()))
-        .expect("each metric is registered once");
+    let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let h = Histogram::with_opts(HistogramOpts::new(format!("{PREFIX}_{name}"), help).buckets(buckets))
+        .expect("metric names are static and valid");
+    r.register(Box::new(h.clone())).expect("each metric is registered once");
     h
 }
 
@@ -87,57 +75,23 @@ impl Metrics {
                 "MQTT messages received on command topics",
                 &["kind"],
             ),
-            commands: counter_vec(
-                &r,
-                "commands_total",
-                "Commands by final outcome and reason",
-                &["outcome", "reason"],
-            ),
-            ha_calls: counter_vec(
-                &r,
-                "ha_calls_total",
-                "HTTP calls to Home Assistant by result class",
-                &["class"],
-            ),
-            ha_latency: histogram(
-                &r,
-                "ha_request_duration_seconds",
-                "Duration of one HTTP call to Home Assistant",
-            ),
+            commands: counter_vec(&r, "commands_total", "Commands by final outcome and reason", &["outcome", "reason"]),
+            ha_calls: counter_vec(&r, "ha_calls_total", "HTTP calls to Home Assistant by result class", &["class"]),
+            ha_latency: histogram(&r, "ha_request_duration_seconds", "Duration of one HTTP call to Home Assistant"),
             command_latency: histogram(
                 &r,
                 "command_duration_seconds",
                 "From receipt of a command to its final outcome",
             ),
             retries: counter(&r, "retries_total", "HA calls retried"),
-            duplicates: counter(
-                &r,
-                "duplicates_total",
-                "Redelivered commands recognised and not run again",
-            ),
+            duplicates: counter(&r, "duplicates_total", "Redelivered commands recognised and not run again"),
             queue_depth: gauge(&r, "queue_depth", "Commands held (waiting and in flight)"),
             queue_capacity: gauge(&r, "queue_capacity", "Commands held at most"),
-            acks_pending: gauge(
-                &r,
-                "acks_pending",
-                "QoS 1 commands received and not yet acknowledged",
-            ),
-            overflow: gauge(
-                &r,
-                "queue_overflow",
-                "QoS 1 commands received beyond queue capacity, waiting for a slot",
-            ),
+            acks_pending: gauge(&r, "acks_pending", "QoS 1 commands received and not yet acknowledged"),
+            overflow: gauge(&r, "queue_overflow", "QoS 1 commands received beyond queue capacity, waiting for a slot"),
             mqtt_connected: gauge(&r, "mqtt_connected", "1 while connected to the broker"),
-            mqtt_reconnects: counter(
-                &r,
-                "mqtt_reconnects_total",
-                "Connections to the broker after the first",
-            ),
-            ha_up: gauge(
-                &r,
-                "ha_up",
-                "1 while Home Assistant answers and accepts the token",
-            ),
+            mqtt_reconnects: counter(&r, "mqtt_reconnects_total", "Connections to the broker after the first"),
+            ha_up: gauge(&r, "ha_up", "1 while Home Assistant answers and accepts the token"),
             registry: r,
         };
         for code in ErrorCode::ALL {
@@ -184,10 +138,7 @@ pub fn outcome_label(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::Expired => "expired",
         ErrorCode::Retained | ErrorCode::ShuttingDown => "ignored",
-        ErrorCode::HaError
-        | ErrorCode::HaUnauthorized
-        | ErrorCode::HaUnavailable
-        | ErrorCode::HaTimeout => "failed",
+        ErrorCode::HaError | ErrorCode::HaUnauthorized | ErrorCode::HaUnavailable | ErrorCode::HaTimeout => "failed",
         _ => "rejected",
     }
 }

@@ -41,11 +41,7 @@ pub struct Report {
 /// The result payload of the contract.
 pub fn result_payload(report: &Report) -> Value {
     let o = &report.outcome;
-    let changed: Vec<Value> = o
-        .changed
-        .iter()
-        .filter_map(|s| s.get("entity_id").cloned())
-        .collect();
+    let changed: Vec<Value> = o.changed.iter().filter_map(|s| s.get("entity_id").cloned()).collect();
     let mut m = Map::new();
     m.insert("ok".into(), json!(o.ok()));
     if let Some(status) = o.status {
@@ -97,14 +93,7 @@ impl Publisher {
         slots: Arc<Slots>,
         acks: mpsc::UnboundedSender<AckMsg>,
     ) -> Self {
-        Self {
-            client,
-            prefix,
-            metrics,
-            slots,
-            acks,
-            warned: HashMap::new(),
-        }
+        Self { client, prefix, metrics, slots, acks, warned: HashMap::new() }
     }
 
     /// Runs until every sender of `input` is gone.
@@ -121,9 +110,7 @@ impl Publisher {
             self.metrics.queue_depth.set(held as i64);
         }
         self.metrics.outcome(&report.outcome);
-        self.metrics
-            .command_latency
-            .observe(report.received_at.elapsed().as_secs_f64());
+        self.metrics.command_latency.observe(report.received_at.elapsed().as_secs_f64());
         self.log(&report);
         if report.outcome.error == Some(ErrorCode::ShuttingDown) {
             // Not final: unacked, so the broker redelivers it to the next session.
@@ -132,8 +119,7 @@ impl Publisher {
         self.publish_result(&report).await;
         for state in &report.outcome.changed {
             if let Some((topic, payload)) = state_message(&self.prefix, state) {
-                self.publish(topic, true, payload.to_string().into_bytes(), None)
-                    .await;
+                self.publish(topic, true, payload.to_string().into_bytes(), None).await;
             }
         }
         let _ = self.acks.send(AckMsg::Complete(report.seq));
@@ -146,39 +132,17 @@ impl Publisher {
             None => self.prefix.invalid_result(),
         };
         if let Some(response_topic) = &report.reply.response_topic {
-            let properties = PublishProperties {
-                correlation_data: report.reply.correlation_data.clone(),
-                ..Default::default()
-            };
-            self.publish(
-                response_topic.clone(),
-                false,
-                payload.clone(),
-                Some(properties),
-            )
-            .await;
+            let properties =
+                PublishProperties { correlation_data: report.reply.correlation_data.clone(), ..Default::default() };
+            self.publish(response_topic.clone(), false, payload.clone(), Some(properties)).await;
         }
         self.publish(topic, false, payload, None).await;
     }
 
-    async fn publish(
-        &self,
-        topic: String,
-        retain: bool,
-        payload: Vec<u8>,
-        properties: Option<PublishProperties>,
-    ) {
+    async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>, properties: Option<PublishProperties>) {
         let r = match properties {
-            Some(p) => {
-                self.client
-                    .publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, p)
-                    .await
-            }
-            None => {
-                self.client
-                    .publish(topic, QoS::AtLeastOnce, retain, payload)
-                    .await
-            }
+            Some(p) => self.client.publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, p).await,
+            None => self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await,
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not queue a publish");
@@ -187,11 +151,7 @@ impl Publisher {
 
     fn log(&mut self, report: &Report) {
         let o = &report.outcome;
-        let service = report
-            .service
-            .as_ref()
-            .map(|(d, s)| format!("{d}.{s}"))
-            .unwrap_or_default();
+        let service = report.service.as_ref().map(|(d, s)| format!("{d}.{s}")).unwrap_or_default();
         let Some(code) = o.error else {
             tracing::debug!(service, seq = report.seq, status = o.status, "command done");
             return;
@@ -226,15 +186,9 @@ mod tests {
     fn report(outcome: Outcome, correlation: Option<Value>) -> Report {
         Report {
             seq: 1,
-            service: Some((
-                Slug::parse("light").unwrap(),
-                Slug::parse("turn_on").unwrap(),
-            )),
+            service: Some((Slug::parse("light").unwrap(), Slug::parse("turn_on").unwrap())),
             topic: None,
-            reply: ReplyTo {
-                correlation,
-                ..Default::default()
-            },
+            reply: ReplyTo { correlation, ..Default::default() },
             outcome,
             received_at: Instant::now(),
             held: true,
@@ -243,19 +197,10 @@ mod tests {
 
     #[test]
     fn result_payloads_follow_the_contract() {
-        let done = report(
-            Outcome::done(200, vec![json!({"entity_id":"light.a","state":"on"})]),
-            Some(json!("c-1")),
-        );
-        assert_eq!(
-            result_payload(&done),
-            json!({"ok":true,"status":200,"changed":["light.a"],"correlation":"c-1"})
-        );
+        let done = report(Outcome::done(200, vec![json!({"entity_id":"light.a","state":"on"})]), Some(json!("c-1")));
+        assert_eq!(result_payload(&done), json!({"ok":true,"status":200,"changed":["light.a"],"correlation":"c-1"}));
         let denied = report(Outcome::failed(ErrorCode::ServiceDenied, None, None), None);
-        assert_eq!(
-            result_payload(&denied),
-            json!({"ok":false,"changed":[],"error":"service_denied"})
-        );
+        assert_eq!(result_payload(&denied), json!({"ok":false,"changed":[],"error":"service_denied"}));
         let mut invalid = report(Outcome::failed(ErrorCode::InvalidTopic, None, None), None);
         invalid.service = None;
         invalid.topic = Some("ha-gateway/call/Light/x".into());

@@ -19,8 +19,7 @@ impl Slug {
     pub fn parse(s: &str) -> Option<Self> {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             && !s.starts_with('_')
             && !s.ends_with('_')
             && !s.contains("__");
@@ -48,10 +47,7 @@ pub struct EntityId {
 impl EntityId {
     pub fn parse(s: &str) -> Option<Self> {
         let (d, o) = s.split_once('.')?;
-        Some(Self {
-            domain: Slug::parse(d)?,
-            object_id: Slug::parse(o)?,
-        })
+        Some(Self { domain: Slug::parse(d)?, object_id: Slug::parse(o)? })
     }
 }
 
@@ -71,9 +67,7 @@ pub struct InvalidPrefix;
 
 impl TopicPrefix {
     pub fn new(s: &str) -> Result<Self, InvalidPrefix> {
-        let ok = !s.is_empty()
-            && !s.contains(['+', '#', '\0'])
-            && s.split('/').all(|level| !level.is_empty());
+        let ok = !s.is_empty() && !s.contains(['+', '#', '\0']) && s.split('/').all(|level| !level.is_empty());
         ok.then(|| Self(s.to_owned())).ok_or(InvalidPrefix)
     }
 
@@ -83,10 +77,7 @@ impl TopicPrefix {
 
     /// The subscriptions of the command path.
     pub fn command_filters(&self) -> [String; 2] {
-        [
-            format!("{}/call/+/+", self.0),
-            format!("{}/set/+/+", self.0),
-        ]
+        [format!("{}/call/+/+", self.0), format!("{}/set/+/+", self.0)]
     }
 
     pub fn status(&self) -> String {
@@ -109,27 +100,16 @@ impl TopicPrefix {
 
     /// Parses a topic we received into the command it names.
     pub fn parse_command(&self, topic: &str) -> Result<CommandTopic, TopicError> {
-        let rest = topic
-            .strip_prefix(self.0.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-            .ok_or(TopicError::NotOurs)?;
+        let rest = topic.strip_prefix(self.0.as_str()).and_then(|r| r.strip_prefix('/')).ok_or(TopicError::NotOurs)?;
         let mut levels = rest.split('/');
-        let (Some(kind), Some(a), Some(b), None) =
-            (levels.next(), levels.next(), levels.next(), levels.next())
-        else {
+        let (Some(kind), Some(a), Some(b), None) = (levels.next(), levels.next(), levels.next(), levels.next()) else {
             return Err(TopicError::Shape);
         };
         let a = Slug::parse(a).ok_or(TopicError::BadSegment)?;
         let b = Slug::parse(b).ok_or(TopicError::BadSegment)?;
         match kind {
-            "call" => Ok(CommandTopic::Call {
-                domain: a,
-                service: b,
-            }),
-            "set" => Ok(CommandTopic::Set(EntityId {
-                domain: a,
-                object_id: b,
-            })),
+            "call" => Ok(CommandTopic::Call { domain: a, service: b }),
+            "set" => Ok(CommandTopic::Set(EntityId { domain: a, object_id: b })),
             _ => Err(TopicError::Shape),
         }
     }
@@ -150,9 +130,7 @@ pub enum TopicError {
     NotOurs,
     #[error("topic must be <prefix>/call/<domain>/<service> or <prefix>/set/<domain>/<object_id>")]
     Shape,
-    #[error(
-        "domain, service and object id must be lowercase a-z, 0-9 and single inner underscores"
-    )]
+    #[error("domain, service and object id must be lowercase a-z, 0-9 and single inner underscores")]
     BadSegment,
 }
 
@@ -192,19 +170,10 @@ mod tests {
     fn command_topics_parse_or_fail_with_a_reason() {
         let p = TopicPrefix::new("ha-gateway").unwrap();
         let table: [(&str, Result<CommandTopic, TopicError>); 10] = [
-            (
-                "ha-gateway/call/light/turn_on",
-                Ok(CommandTopic::Call {
-                    domain: s("light"),
-                    service: s("turn_on"),
-                }),
-            ),
+            ("ha-gateway/call/light/turn_on", Ok(CommandTopic::Call { domain: s("light"), service: s("turn_on") })),
             (
                 "ha-gateway/set/switch/fan_plug",
-                Ok(CommandTopic::Set(EntityId {
-                    domain: s("switch"),
-                    object_id: s("fan_plug"),
-                })),
+                Ok(CommandTopic::Set(EntityId { domain: s("switch"), object_id: s("fan_plug") })),
             ),
             ("ha-gateway/call/light", Err(TopicError::Shape)),
             ("ha-gateway/call/light/turn_on/x", Err(TopicError::Shape)),
@@ -224,10 +193,7 @@ mod tests {
     fn prefixes_with_levels_work_and_bad_ones_are_refused() {
         let p = TopicPrefix::new("home/gw").unwrap();
         assert!(p.parse_command("home/gw/call/scene/turn_on").is_ok());
-        assert_eq!(
-            p.command_filters(),
-            ["home/gw/call/+/+".to_owned(), "home/gw/set/+/+".to_owned()]
-        );
+        assert_eq!(p.command_filters(), ["home/gw/call/+/+".to_owned(), "home/gw/set/+/+".to_owned()]);
         for bad in ["", "a/+", "#", "/a", "a/", "a//b"] {
             assert_eq!(TopicPrefix::new(bad), Err(InvalidPrefix), "{bad:?}");
         }
@@ -235,10 +201,7 @@ mod tests {
 
     #[test]
     fn entity_ids_parse() {
-        assert_eq!(
-            EntityId::parse("light.kitchen").unwrap().to_string(),
-            "light.kitchen"
-        );
+        assert_eq!(EntityId::parse("light.kitchen").unwrap().to_string(), "light.kitchen");
         for bad in ["light", "light.", ".x", "light.Kitchen", "a.b.c"] {
             assert!(EntityId::parse(bad).is_none(), "{bad}");
         }

@@ -31,11 +31,7 @@ pub struct Refused {
 
 impl Refused {
     fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            correlation: None,
-            detail: detail.into(),
-        }
+        Self { code, correlation: None, detail: detail.into() }
     }
 }
 
@@ -53,20 +49,9 @@ pub fn translate(topic: &CommandTopic, payload: &[u8]) -> Result<Translated, Ref
 }
 
 fn call(domain: &Slug, service: &Slug, payload: &[u8]) -> Result<Translated, Refused> {
-    let mut data = if payload.iter().all(u8::is_ascii_whitespace) {
-        Map::new()
-    } else {
-        parse_object(payload)?
-    };
+    let mut data = if payload.iter().all(u8::is_ascii_whitespace) { Map::new() } else { parse_object(payload)? };
     let correlation = data.remove("correlation");
-    Ok(Translated {
-        call: ServiceCall {
-            domain: domain.clone(),
-            service: service.clone(),
-            data,
-        },
-        correlation,
-    })
+    Ok(Translated { call: ServiceCall { domain: domain.clone(), service: service.clone(), data }, correlation })
 }
 
 fn set(entity: &EntityId, payload: &[u8]) -> Result<Translated, Refused> {
@@ -99,10 +84,7 @@ fn set(entity: &EntityId, payload: &[u8]) -> Result<Translated, Refused> {
         _ => {
             return Err(Refused {
                 correlation,
-                ..Refused::new(
-                    ErrorCode::InvalidPayload,
-                    "set payload must be ON, OFF, TOGGLE or {\"state\": …}",
-                )
+                ..Refused::new(ErrorCode::InvalidPayload, "set payload must be ON, OFF, TOGGLE or {\"state\": …}")
             })
         }
     };
@@ -120,14 +102,8 @@ fn set(entity: &EntityId, payload: &[u8]) -> Result<Translated, Refused> {
 fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, Refused> {
     match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Refused::new(
-            ErrorCode::InvalidJson,
-            "payload must be a JSON object",
-        )),
-        Err(e) => Err(Refused::new(
-            ErrorCode::InvalidJson,
-            format!("payload is not JSON: {e}"),
-        )),
+        Ok(_) => Err(Refused::new(ErrorCode::InvalidJson, "payload must be a JSON object")),
+        Err(e) => Err(Refused::new(ErrorCode::InvalidJson, format!("payload is not JSON: {e}"))),
     }
 }
 
@@ -141,10 +117,7 @@ mod tests {
     }
 
     fn call_topic(d: &str, s: &str) -> CommandTopic {
-        CommandTopic::Call {
-            domain: slug(d),
-            service: slug(s),
-        }
+        CommandTopic::Call { domain: slug(d), service: slug(s) }
     }
 
     fn set_topic(e: &str) -> CommandTopic {
@@ -152,11 +125,7 @@ mod tests {
     }
 
     /// (topic, payload) → Ok((service, data, correlation)) or Err(code).
-    fn check(
-        topic: CommandTopic,
-        payload: &str,
-        expected: Result<(&str, Value, Option<Value>), ErrorCode>,
-    ) {
+    fn check(topic: CommandTopic, payload: &str, expected: Result<(&str, Value, Option<Value>), ErrorCode>) {
         let got = translate(&topic, payload.as_bytes());
         match (got, expected) {
             (Ok(t), Ok((service, data, correlation))) => {
@@ -177,20 +146,12 @@ mod tests {
         check(
             t(),
             r#"{"entity_id":"light.kitchen","brightness":128}"#,
-            Ok((
-                "light.turn_on",
-                json!({"entity_id":"light.kitchen","brightness":128}),
-                None,
-            )),
+            Ok(("light.turn_on", json!({"entity_id":"light.kitchen","brightness":128}), None)),
         );
         check(
             t(),
             r#"{"entity_id":"light.a","correlation":{"id":7}}"#,
-            Ok((
-                "light.turn_on",
-                json!({"entity_id":"light.a"}),
-                Some(json!({"id":7})),
-            )),
+            Ok(("light.turn_on", json!({"entity_id":"light.a"}), Some(json!({"id":7})))),
         );
         check(t(), "ON", Err(ErrorCode::InvalidJson));
         check(t(), "[1,2]", Err(ErrorCode::InvalidJson));
@@ -202,9 +163,7 @@ mod tests {
         let t = || set_topic("light.kitchen");
         let on = |extra: Value| {
             let mut m = json!({"entity_id":"light.kitchen"});
-            m.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
+            m.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             m
         };
         check(t(), "ON", Ok(("light.turn_on", on(json!({})), None)));
@@ -215,22 +174,10 @@ mod tests {
         check(
             t(),
             r#"{"state":"ON","brightness":200,"correlation":"c1"}"#,
-            Ok((
-                "light.turn_on",
-                on(json!({"brightness":200})),
-                Some(json!("c1")),
-            )),
+            Ok(("light.turn_on", on(json!({"brightness":200})), Some(json!("c1")))),
         );
-        check(
-            t(),
-            r#"{"state":"off","transition":2}"#,
-            Ok(("light.turn_off", on(json!({"transition":2})), None)),
-        );
-        check(
-            t(),
-            r#"{"brightness":10}"#,
-            Ok(("light.turn_on", on(json!({"brightness":10})), None)),
-        );
+        check(t(), r#"{"state":"off","transition":2}"#, Ok(("light.turn_off", on(json!({"transition":2})), None)));
+        check(t(), r#"{"brightness":10}"#, Ok(("light.turn_on", on(json!({"brightness":10})), None)));
         check(t(), "", Err(ErrorCode::InvalidPayload));
         check(t(), "{}", Err(ErrorCode::InvalidPayload));
         check(t(), "DIM", Err(ErrorCode::InvalidPayload));
@@ -240,32 +187,19 @@ mod tests {
 
     #[test]
     fn set_cannot_retarget_another_entity() {
-        let got = translate(
-            &set_topic("switch.plug"),
-            br#"{"state":"ON","entity_id":"lock.front_door"}"#,
-        )
-        .unwrap();
+        let got = translate(&set_topic("switch.plug"), br#"{"state":"ON","entity_id":"lock.front_door"}"#).unwrap();
         assert_eq!(got.call.data["entity_id"], json!("switch.plug"));
     }
 
     #[test]
     fn refused_keeps_the_correlation_when_it_can() {
-        let r =
-            translate(&set_topic("light.a"), br#"{"state":"DIM","correlation":5}"#).unwrap_err();
-        assert_eq!(
-            (r.code, r.correlation),
-            (ErrorCode::InvalidPayload, Some(json!(5)))
-        );
+        let r = translate(&set_topic("light.a"), br#"{"state":"DIM","correlation":5}"#).unwrap_err();
+        assert_eq!((r.code, r.correlation), (ErrorCode::InvalidPayload, Some(json!(5))));
     }
 
     #[test]
     fn oversized_payloads_are_refused_before_parsing() {
         let big = vec![b' '; MAX_PAYLOAD + 1];
-        assert_eq!(
-            translate(&call_topic("light", "turn_on"), &big)
-                .unwrap_err()
-                .code,
-            ErrorCode::PayloadTooLarge
-        );
+        assert_eq!(translate(&call_topic("light", "turn_on"), &big).unwrap_err().code, ErrorCode::PayloadTooLarge);
     }
 }

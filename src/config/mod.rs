@@ -37,10 +37,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: &str, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -141,10 +138,7 @@ impl SecretSource {
                 let text = std::fs::read_to_string(p)?;
                 let trimmed = text.trim();
                 if trimmed.is_empty() {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "file is empty",
-                    ));
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "file is empty"));
                 }
                 Ok(SecretString::from(trimmed.to_owned()))
             }
@@ -172,10 +166,7 @@ pub fn load_raw(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<RawConfig, ConfigErrors> {
     if file_required && !file.exists() {
-        return Err(ConfigErrors(vec![ConfigError::new(
-            "--config",
-            format!("file {} not found", file.display()),
-        )]));
+        return Err(ConfigErrors(vec![ConfigError::new("--config", format!("file {} not found", file.display()))]));
     }
     let env: Vec<(String, String)> = vars
         .into_iter()
@@ -213,9 +204,7 @@ fn env_value(path: &str, value: &str) -> Value {
     if ALWAYS_STRING.contains(&leaf) {
         return Value::from(value.to_owned());
     }
-    value
-        .parse()
-        .unwrap_or_else(|never: std::convert::Infallible| match never {})
+    value.parse().unwrap_or_else(|never: std::convert::Infallible| match never {})
 }
 
 /// Turns the raw layers into a [`Config`], collecting every problem.
@@ -224,30 +213,17 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mqtt = v.mqtt(raw.mqtt);
     let home_assistant = v.home_assistant(raw.home_assistant);
     let queue = v.queue(raw.queue);
-    let access = v.record(
-        "access.allow_services",
-        AccessPolicy::new(&raw.access.allow_services),
-    );
+    let access = v.record("access.allow_services", AccessPolicy::new(&raw.access.allow_services));
     let listen = v.record(
         "metrics.listen",
-        raw.metrics
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("{e} (expected ip:port)")),
+        raw.metrics.listen.parse::<SocketAddr>().map_err(|e| format!("{e} (expected ip:port)")),
     );
     let log = v.log(raw.log);
     match (mqtt, home_assistant, queue, access, listen, log) {
         (Some(mqtt), Some(home_assistant), Some(queue), Some(access), Some(listen), Some(log))
             if v.errors.is_empty() =>
         {
-            Ok(Config {
-                mqtt,
-                home_assistant,
-                queue,
-                access,
-                metrics: MetricsConfig { listen },
-                log,
-            })
+            Ok(Config { mqtt, home_assistant, queue, access, metrics: MetricsConfig { listen }, log })
         }
         _ => Err(ConfigErrors(v.errors)),
     }
@@ -260,8 +236,7 @@ struct Validator {
 
 impl Validator {
     fn record<T, E: std::fmt::Display>(&mut self, key: &str, r: Result<T, E>) -> Option<T> {
-        r.map_err(|e| self.errors.push(ConfigError::new(key, e.to_string())))
-            .ok()
+        r.map_err(|e| self.errors.push(ConfigError::new(key, e.to_string()))).ok()
     }
 
     fn error(&mut self, key: &str, message: impl Into<String>) {
@@ -271,9 +246,8 @@ impl Validator {
     fn duration(&mut self, key: &str, text: &str) -> Option<Duration> {
         let d = self.record(
             key,
-            humantime::parse_duration(text).map_err(|e| {
-                format!("{e} (expected a duration such as \"500ms\", \"30s\", \"5m\")")
-            }),
+            humantime::parse_duration(text)
+                .map_err(|e| format!("{e} (expected a duration such as \"500ms\", \"30s\", \"5m\")")),
         )?;
         if d.is_zero() {
             self.error(key, "must be greater than zero");
@@ -299,18 +273,10 @@ impl Validator {
         Some(path)
     }
 
-    fn secret(
-        &mut self,
-        keys: (&str, &str),
-        inline: Option<String>,
-        file: Option<String>,
-    ) -> Option<SecretSource> {
+    fn secret(&mut self, keys: (&str, &str), inline: Option<String>, file: Option<String>) -> Option<SecretSource> {
         let source = match (inline, file) {
             (Some(_), Some(_)) => {
-                self.error(
-                    keys.0,
-                    format!("set either {} or {}, not both", keys.0, keys.1),
-                );
+                self.error(keys.0, format!("set either {} or {}, not both", keys.0, keys.1));
                 return None;
             }
             (Some(s), None) if s.trim().is_empty() => {
@@ -337,10 +303,7 @@ impl Validator {
                 "mqtt" | "tcp" => false,
                 "mqtts" | "ssl" => true,
                 other => {
-                    self.error(
-                        "mqtt.url",
-                        format!("scheme {other:?} is not mqtt:// or mqtts://"),
-                    );
+                    self.error("mqtt.url", format!("scheme {other:?} is not mqtt:// or mqtts://"));
                     return None;
                 }
             };
@@ -348,25 +311,14 @@ impl Validator {
                 self.error("mqtt.url", "has no host");
                 return None;
             };
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            Some((
-                host,
-                url.port().unwrap_or(if tls { 8883 } else { 1883 }),
-                tls,
-            ))
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            Some((host, url.port().unwrap_or(if tls { 8883 } else { 1883 }), tls))
         });
         if raw.client_id.is_empty() || raw.client_id.len() > 23 * 4 {
             self.error("mqtt.client_id", "must be 1 to 92 characters");
         }
         let prefix = self.record("mqtt.topic_prefix", TopicPrefix::new(&raw.topic_prefix));
-        let password = self.secret(
-            ("mqtt.password", "mqtt.password_file"),
-            raw.password,
-            raw.password_file,
-        );
+        let password = self.secret(("mqtt.password", "mqtt.password_file"), raw.password, raw.password_file);
         if password.is_some() && raw.username.is_none() {
             self.error("mqtt.username", "is required when a password is set");
         }
@@ -377,10 +329,7 @@ impl Validator {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             _ => {
-                self.error(
-                    "mqtt.client_cert_file",
-                    "client_cert_file and client_key_file go together",
-                );
+                self.error("mqtt.client_cert_file", "client_cert_file and client_key_file go together");
                 None
             }
         };
@@ -389,11 +338,8 @@ impl Validator {
             self.error("mqtt.keep_alive", "must be at least 5s");
         }
         let session_expiry = self.duration("mqtt.session_expiry", &raw.session_expiry);
-        let reconnect = self.backoff(
-            ("mqtt.reconnect_min", "mqtt.reconnect_max"),
-            &raw.reconnect_min,
-            &raw.reconnect_max,
-        );
+        let reconnect =
+            self.backoff(("mqtt.reconnect_min", "mqtt.reconnect_max"), &raw.reconnect_min, &raw.reconnect_max);
         let (host, port, tls) = endpoint?;
         if (ca_file.is_some() || client_cert.is_some()) && !tls {
             self.error("mqtt.ca_file", "TLS files need an mqtts:// url");
@@ -415,38 +361,20 @@ impl Validator {
     }
 
     fn home_assistant(&mut self, raw: raw::RawHomeAssistant) -> Option<HaConfig> {
-        let url = self.record(
-            "home_assistant.url",
-            Url::parse(&raw.url).map_err(|e| e.to_string()),
-        );
+        let url = self.record("home_assistant.url", Url::parse(&raw.url).map_err(|e| e.to_string()));
         let url = url.and_then(|url| {
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                self.error(
-                    "home_assistant.url",
-                    "must be an http:// or https:// url with a host",
-                );
+                self.error("home_assistant.url", "must be an http:// or https:// url with a host");
                 return None;
             }
             if url.query().is_some() || !url.username().is_empty() {
-                self.error(
-                    "home_assistant.url",
-                    "must not carry a query or credentials",
-                );
+                self.error("home_assistant.url", "must not carry a query or credentials");
                 return None;
             }
             Some(url)
         });
-        let token = self.secret(
-            ("home_assistant.token", "home_assistant.token_file"),
-            raw.token,
-            raw.token_file,
-        );
-        if token.is_none()
-            && !self
-                .errors
-                .iter()
-                .any(|e| e.key.starts_with("home_assistant.token"))
-        {
+        let token = self.secret(("home_assistant.token", "home_assistant.token_file"), raw.token, raw.token_file);
+        if token.is_none() && !self.errors.iter().any(|e| e.key.starts_with("home_assistant.token")) {
             self.error(
                 "home_assistant.token",
                 "a long-lived access token is required: set home_assistant.token_file or MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN",
@@ -456,11 +384,8 @@ impl Validator {
         let connect_timeout = self.duration("home_assistant.connect_timeout", &raw.connect_timeout);
         let ca_file = self.file("home_assistant.ca_file", raw.ca_file);
         let max_attempts = self.non_zero("home_assistant.max_attempts", raw.max_attempts);
-        let retry = self.backoff(
-            ("home_assistant.retry_min", "home_assistant.retry_max"),
-            &raw.retry_min,
-            &raw.retry_max,
-        );
+        let retry =
+            self.backoff(("home_assistant.retry_min", "home_assistant.retry_max"), &raw.retry_min, &raw.retry_max);
         let auth_backoff = self.duration("home_assistant.auth_backoff", &raw.auth_backoff);
         Some(HaConfig {
             url: url?,
@@ -503,16 +428,10 @@ impl Validator {
             }
         };
         if tracing_subscriber::EnvFilter::try_new(&raw.level).is_err() {
-            self.error(
-                "log.level",
-                "is not a level (error, warn, info, debug, trace) or filter",
-            );
+            self.error("log.level", "is not a level (error, warn, info, debug, trace) or filter");
             return None;
         }
-        Some(LogConfig {
-            level: raw.level,
-            format,
-        })
+        Some(LogConfig { level: raw.level, format })
     }
 }
 

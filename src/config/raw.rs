@@ -134,13 +134,7 @@ pub struct RawQueue {
 
 impl Default for RawQueue {
     fn default() -> Self {
-        Self {
-            capacity: 10_000,
-            rate_per_second: 20,
-            burst: 40,
-            max_age: "60s".into(),
-            concurrency: 8,
-        }
+        Self { capacity: 10_000, rate_per_second: 20, burst: 40, max_age: "60s".into(), concurrency: 8 }
     }
 }
 
@@ -154,9 +148,7 @@ pub struct RawAccess {
 
 impl Default for RawAccess {
     fn default() -> Self {
-        Self {
-            allow_services: vec!["light.*".into(), "switch.*".into(), "scene.turn_on".into()],
-        }
+        Self { allow_services: vec!["light.*".into(), "switch.*".into(), "scene.turn_on".into()] }
     }
 }
 
@@ -176,9 +168,7 @@ pub struct RawMetrics {
 
 impl Default for RawMetrics {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9184".into(),
-        }
+        Self { listen: "127.0.0.1:9184".into() }
     }
 }
 
@@ -195,9 +185,6 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: "text".into(),
-        }
+        Self { level: "info".into(), format: "text".into() }
     }
 }

@@ -7,9 +7,7 @@ use super::*;
 fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(toml.as_bytes()).unwrap();
-    let vars = env
-        .iter()
-        .map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_string()));
+    let vars = env.iter().map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_string()));
     load(file.path(), true, vars)
 }
 
@@ -22,10 +20,7 @@ const TOKEN: (&str, &str) = ("HOME_ASSISTANT__TOKEN", "abc");
 #[test]
 fn defaults_follow_the_contract() {
     let c = load_str("", &[TOKEN]).unwrap();
-    assert_eq!(
-        (c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.tls),
-        ("127.0.0.1", 1883, false)
-    );
+    assert_eq!((c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.tls), ("127.0.0.1", 1883, false));
     assert_eq!(c.mqtt.client_id, "mqtt-ha-gateway");
     assert_eq!(c.mqtt.prefix.as_str(), "ha-gateway");
     assert_eq!(c.home_assistant.url.as_str(), "http://127.0.0.1:8123/");
@@ -46,24 +41,14 @@ fn env_overrides_the_file_with_typed_values() {
             ("MQTT__URL", "mqtts://broker.example:8884"),
             ("MQTT__USERNAME", "gw"),
             ("MQTT__PASSWORD", "0123"),
-            (
-                "ACCESS__ALLOW_SERVICES",
-                "[\"light.*\", \"cover.open_cover\"]",
-            ),
+            ("ACCESS__ALLOW_SERVICES", "[\"light.*\", \"cover.open_cover\"]"),
         ],
     )
     .unwrap();
     assert_eq!(c.queue.rate_per_second, None, "0 = unlimited");
-    assert_eq!(
-        (c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.tls),
-        ("broker.example", 8884, true)
-    );
+    assert_eq!((c.mqtt.host.as_str(), c.mqtt.port, c.mqtt.tls), ("broker.example", 8884, true));
     match c.mqtt.password.unwrap() {
-        SecretSource::Inline(p) => assert_eq!(
-            p.expose_secret(),
-            "0123",
-            "a numeric password stays a string"
-        ),
+        SecretSource::Inline(p) => assert_eq!(p.expose_secret(), "0123", "a numeric password stays a string"),
         other => panic!("{other:?}"),
     }
     assert_eq!(c.access.patterns(), ["light.*", "cover.open_cover"]);
@@ -71,28 +56,16 @@ fn env_overrides_the_file_with_typed_values() {
 
 #[test]
 fn the_token_comes_from_exactly_one_place() {
-    assert_eq!(
-        keys(load_str("", &[]).unwrap_err()),
-        ["home_assistant.token"]
-    );
+    assert_eq!(keys(load_str("", &[]).unwrap_err()), ["home_assistant.token"]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
     std::fs::write(&file, "from-file\n").unwrap();
     let toml = format!("[home_assistant]\ntoken_file = \"{}\"\n", file.display());
     let c = load_str(&toml, &[]).unwrap();
-    assert_eq!(
-        c.home_assistant.token.read().unwrap().expose_secret(),
-        "from-file"
-    );
-    assert_eq!(
-        keys(load_str(&toml, &[TOKEN]).unwrap_err()),
-        ["home_assistant.token"]
-    );
+    assert_eq!(c.home_assistant.token.read().unwrap().expose_secret(), "from-file");
+    assert_eq!(keys(load_str(&toml, &[TOKEN]).unwrap_err()), ["home_assistant.token"]);
     std::fs::write(&file, "  \n").unwrap();
-    assert_eq!(
-        keys(load_str(&toml, &[]).unwrap_err()),
-        ["home_assistant.token_file"]
-    );
+    assert_eq!(keys(load_str(&toml, &[]).unwrap_err()), ["home_assistant.token_file"]);
 }
 
 #[test]
@@ -141,17 +114,8 @@ format = "xml"
 
 #[test]
 fn type_errors_and_unknown_keys_name_their_path() {
-    assert_eq!(
-        keys(load_str("[queue]\ncapacity = \"many\"\n", &[TOKEN]).unwrap_err()),
-        ["queue.capacity"]
-    );
-    assert_eq!(
-        keys(load_str("[mqtt]\nurll = \"x\"\n", &[TOKEN]).unwrap_err()),
-        ["mqtt.urll"]
-    );
-    assert_eq!(
-        keys(load_str("", &[TOKEN, ("QUEUE__BOGUS", "1")]).unwrap_err()),
-        ["queue.bogus"]
-    );
+    assert_eq!(keys(load_str("[queue]\ncapacity = \"many\"\n", &[TOKEN]).unwrap_err()), ["queue.capacity"]);
+    assert_eq!(keys(load_str("[mqtt]\nurll = \"x\"\n", &[TOKEN]).unwrap_err()), ["mqtt.urll"]);
+    assert_eq!(keys(load_str("", &[TOKEN, ("QUEUE__BOGUS", "1")]).unwrap_err()), ["queue.bogus"]);
     assert_eq!(keys(load_str("[nope]\n", &[TOKEN]).unwrap_err()), ["nope"]);
 }

@@ -46,13 +46,9 @@ pub struct GateClosed;
 impl AuthGate {
     /// `pause` is the wait after the first refusal; it doubles up to ten times that.
     pub fn new(pause: Duration, token: watch::Receiver<SecretString>) -> Self {
-        let pause =
-            Backoff::try_new(pause, pause * 10).expect("a validated auth_backoff is non-zero");
+        let pause = Backoff::try_new(pause, pause * 10).expect("a validated auth_backoff is non-zero");
         Self {
-            inner: Arc::new(Mutex::new(Inner {
-                state: State::Open,
-                failures: 0,
-            })),
+            inner: Arc::new(Mutex::new(Inner { state: State::Open, failures: 0 })),
             changed: Arc::new(Notify::new()),
             pause,
             token,
@@ -60,9 +56,7 @@ impl AuthGate {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .expect("auth gate lock is never poisoned: no panics under it")
+        self.inner.lock().expect("auth gate lock is never poisoned: no panics under it")
     }
 
     /// The token to send now.
@@ -120,9 +114,7 @@ impl AuthGate {
         let mut inner = self.lock();
         let pause = self.pause.ceiling(inner.failures);
         inner.failures = inner.failures.saturating_add(1);
-        inner.state = State::Closed {
-            until: Instant::now() + pause,
-        };
+        inner.state = State::Closed { until: Instant::now() + pause };
         tracing::warn!(
             pause_secs = pause.as_secs(),
             "home assistant refused the token (401/403); nothing is sent until the token changes or the pause ends"
@@ -137,9 +129,7 @@ impl AuthGate {
         let mut inner = self.lock();
         if inner.state == State::Probing {
             let pause = self.pause.ceiling(inner.failures.saturating_sub(1));
-            inner.state = State::Closed {
-                until: Instant::now() + pause,
-            };
+            inner.state = State::Closed { until: Instant::now() + pause };
             drop(inner);
             self.changed.notify_waiters();
         }
@@ -195,10 +185,7 @@ mod tests {
         g.refused();
         let waiter = {
             let g = g.clone();
-            tokio::spawn(async move {
-                g.wait_open(Instant::now() + Duration::from_secs(3600))
-                    .await
-            })
+            tokio::spawn(async move { g.wait_open(Instant::now() + Duration::from_secs(3600)).await })
         };
         tokio::task::yield_now().await;
         let start = Instant::now();

@@ -49,12 +49,7 @@ pub enum Retry {
 
 impl HaError {
     pub fn new(kind: HaErrorKind, status: Option<u16>, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            status,
-            retry_after: None,
-            message: message.into(),
-        }
+        Self { kind, status, retry_after: None, message: message.into() }
     }
 
     /// The kind for an HTTP status that is not 2xx.
@@ -82,12 +77,7 @@ impl HaError {
 
 /// Parses `Retry-After` in seconds (HTTP dates are rare from HA; ignored).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-        .map(|d| d.min(Duration::from_secs(300)))
+    value.trim().parse::<u64>().ok().map(Duration::from_secs).map(|d| d.min(Duration::from_secs(300)))
 }
 
 #[cfg(test)]
@@ -128,11 +118,7 @@ mod tests {
             (InvalidResponse, true, Retry::No),
         ];
         for (kind, idempotent, expected) in table {
-            assert_eq!(
-                HaError::new(kind, None, "").retry(idempotent),
-                expected,
-                "{kind:?} {idempotent}"
-            );
+            assert_eq!(HaError::new(kind, None, "").retry(idempotent), expected, "{kind:?} {idempotent}");
         }
     }
 

@@ -64,17 +64,11 @@ impl HaClient {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(Self {
-            http: builder.build().map_err(ClientBuildError::Http)?,
-            base,
-            gate,
-        })
+        Ok(Self { http: builder.build().map_err(ClientBuildError::Http)?, base, gate })
     }
 
     fn url(&self, path: &str) -> Url {
-        self.base
-            .join(path)
-            .expect("paths built from validated slugs always join")
+        self.base.join(path).expect("paths built from validated slugs always join")
     }
 
     fn bearer(&self) -> HeaderValue {
@@ -102,17 +96,9 @@ impl HaClient {
             // Newer HA versions answer {"changed_states": […], "service_response": …}.
             Ok(Value::Object(mut m)) => match m.remove("changed_states") {
                 Some(Value::Array(changed)) => Ok(CallResponse { status, changed }),
-                _ => Err(HaError::new(
-                    HaErrorKind::InvalidResponse,
-                    Some(status),
-                    "response is not a list of states",
-                )),
+                _ => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not a list of states")),
             },
-            _ => Err(HaError::new(
-                HaErrorKind::InvalidResponse,
-                Some(status),
-                "response is not JSON",
-            )),
+            _ => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not JSON")),
         }
     }
 
@@ -130,20 +116,10 @@ impl HaClient {
 
     /// 2xx → status and body; otherwise the classified error. Tells the gate
     /// about 401/403 and about every accepted answer.
-    async fn check_status(
-        &self,
-        response: reqwest::Response,
-    ) -> Result<(u16, bytes::Bytes), HaError> {
+    async fn check_status(&self, response: reqwest::Response) -> Result<(u16, bytes::Bytes), HaError> {
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
         if (200..300).contains(&status) {
             self.gate.accepted();
             return Ok((status, body));
@@ -154,17 +130,11 @@ impl HaClient {
         } else {
             self.gate.accepted();
         }
-        let mut message =
-            String::from_utf8_lossy(&body[..body.len().min(200)]).replace(['\n', '\r'], " ");
+        let mut message = String::from_utf8_lossy(&body[..body.len().min(200)]).replace(['\n', '\r'], " ");
         if message.is_empty() {
             message = format!("http {status}");
         }
-        Err(HaError {
-            kind,
-            status: Some(status),
-            retry_after,
-            message,
-        })
+        Err(HaError { kind, status: Some(status), retry_after, message })
     }
 }
 

@@ -90,24 +90,17 @@ impl Executor {
                     "token refused until the command expired".to_owned(),
                 );
             }
-            match self
-                .wait(Instant::now() + self.limiter.reserve(), cmd.deadline)
-                .await
-            {
+            match self.wait(Instant::now() + self.limiter.reserve(), cmd.deadline).await {
                 Wait::Done => {}
                 Wait::Deadline => return expired(last),
                 Wait::Shutdown => return shutting_down(),
             }
             let started = Instant::now();
             let result = self.ha.call_service(&cmd.call).await;
-            self.metrics
-                .ha_latency
-                .observe(started.elapsed().as_secs_f64());
+            self.metrics.ha_latency.observe(started.elapsed().as_secs_f64());
             self.metrics
                 .ha_calls
-                .with_label_values(&[metrics::status_class(
-                    result.as_ref().map(|r| r.status).map_err(|e| e.kind),
-                )])
+                .with_label_values(&[metrics::status_class(result.as_ref().map(|r| r.status).map_err(|e| e.kind))])
                 .inc();
             self.note_health(&result);
             let error = match result {
@@ -125,9 +118,7 @@ impl Executor {
                     if attempt >= self.max_attempts.get() {
                         return final_failure(error);
                     }
-                    self.retry
-                        .delay(attempt - 1)
-                        .max(error.retry_after.unwrap_or_default())
+                    self.retry.delay(attempt - 1).max(error.retry_after.unwrap_or_default())
                 }
             };
             tracing::debug!(service = %cmd.call.name(), attempt, error = %error, "retrying");
@@ -146,10 +137,9 @@ impl Executor {
             Ok(_) => (true, true),
             Err(e) => match e.kind {
                 HaErrorKind::Unauthorized => (true, false),
-                HaErrorKind::Connect
-                | HaErrorKind::Timeout
-                | HaErrorKind::Transport
-                | HaErrorKind::Server => (false, Health::get(&self.health.ha_token_ok)),
+                HaErrorKind::Connect | HaErrorKind::Timeout | HaErrorKind::Transport | HaErrorKind::Server => {
+                    (false, Health::get(&self.health.ha_token_ok))
+                }
                 _ => (true, true),
             },
         };
@@ -160,11 +150,7 @@ impl Executor {
 }
 
 fn expired(last: Option<HaError>) -> Outcome {
-    Outcome::failed(
-        ErrorCode::Expired,
-        last.as_ref().and_then(|e| e.status),
-        last.map(|e| e.message),
-    )
+    Outcome::failed(ErrorCode::Expired, last.as_ref().and_then(|e| e.status), last.map(|e| e.message))
 }
 
 fn shutting_down() -> Outcome {
@@ -176,9 +162,7 @@ fn final_failure(e: HaError) -> Outcome {
         HaErrorKind::Rejected | HaErrorKind::InvalidResponse => ErrorCode::HaError,
         HaErrorKind::Unauthorized => ErrorCode::HaUnauthorized,
         HaErrorKind::Timeout | HaErrorKind::Transport => ErrorCode::HaTimeout,
-        HaErrorKind::RateLimited | HaErrorKind::Server | HaErrorKind::Connect => {
-            ErrorCode::HaUnavailable
-        }
+        HaErrorKind::RateLimited | HaErrorKind::Server | HaErrorKind::Connect => ErrorCode::HaUnavailable,
     };
     Outcome::failed(code, e.status, e.message)
 }
@@ -193,11 +177,7 @@ impl Dispatcher {
     /// Runs until `input` closes (shutdown) and the calls in flight finish.
     /// Commands still waiting then are dropped unacknowledged: the broker
     /// redelivers them to the next session.
-    pub async fn run(
-        self,
-        mut input: mpsc::UnboundedReceiver<Command>,
-        output: mpsc::UnboundedSender<Report>,
-    ) {
+    pub async fn run(self, mut input: mpsc::UnboundedReceiver<Command>, output: mpsc::UnboundedSender<Report>) {
         let mut book = OrderBook::default();
         let mut waiting: HashMap<u64, Command> = HashMap::new();
         let mut running: JoinSet<Finished> = JoinSet::new();
@@ -205,9 +185,7 @@ impl Dispatcher {
         loop {
             while open && running.len() < self.concurrency.get() as usize {
                 let Some(seq) = book.pop_ready() else { break };
-                let command = waiting
-                    .remove(&seq)
-                    .expect("every ready sequence number has a waiting command");
+                let command = waiting.remove(&seq).expect("every ready sequence number has a waiting command");
                 let executor = Arc::clone(&self.executor);
                 running.spawn(async move {
                     let outcome = executor.execute(&command).await;
@@ -242,10 +220,7 @@ impl Dispatcher {
             }
             if !open && running.is_empty() {
                 if !waiting.is_empty() {
-                    tracing::info!(
-                        count = waiting.len(),
-                        "left unstarted at shutdown; the broker redelivers them"
-                    );
+                    tracing::info!(count = waiting.len(), "left unstarted at shutdown; the broker redelivers them");
                 }
                 break;
             }

@@ -54,10 +54,7 @@ impl OrderBook {
                     self.queues.remove(&key);
                 }
                 Some(&next) => {
-                    let entry = self
-                        .blocked
-                        .get_mut(&next)
-                        .expect("queued commands are tracked");
+                    let entry = self.blocked.get_mut(&next).expect("queued commands are tracked");
                     entry.1 -= 1;
                     if entry.1 == 0 {
                         self.ready.push_back(next);

@@ -26,12 +26,7 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(rate: NonZeroU32, burst: NonZeroU32, now: Instant) -> Self {
         let burst = f64::from(burst.get());
-        Self {
-            rate: f64::from(rate.get()),
-            burst,
-            tokens: burst,
-            last: now,
-        }
+        Self { rate: f64::from(rate.get()), burst, tokens: burst, last: now }
     }
 
     /// Takes one token; returns how long the caller must wait before using it.
@@ -55,19 +50,14 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(rate: Option<NonZeroU32>, burst: NonZeroU32) -> Self {
-        Self {
-            bucket: rate.map(|r| Mutex::new(TokenBucket::new(r, burst, Instant::now()))),
-        }
+        Self { bucket: rate.map(|r| Mutex::new(TokenBucket::new(r, burst, Instant::now()))) }
     }
 
     /// How long the caller must wait for its call slot (zero when unlimited).
     pub fn reserve(&self) -> Duration {
         match &self.bucket {
             None => Duration::ZERO,
-            Some(b) => b
-                .lock()
-                .expect("bucket lock is never poisoned: no panics under it")
-                .reserve(Instant::now()),
+            Some(b) => b.lock().expect("bucket lock is never poisoned: no panics under it").reserve(Instant::now()),
         }
     }
 }
@@ -86,21 +76,10 @@ mod tests {
         let mut b = TokenBucket::new(nz(10), nz(3), t0);
         let ms = Duration::from_millis;
         // (time since t0 in ms, expected wait in ms)
-        let table = [
-            (0, 0),
-            (0, 0),
-            (0, 0),
-            (0, 100),
-            (0, 200),
-            (300, 0),
-            (300, 100),
-        ];
+        let table = [(0, 0), (0, 0), (0, 0), (0, 100), (0, 200), (300, 0), (300, 100)];
         for (at, wait) in table {
             let got = b.reserve(t0 + ms(at));
-            assert!(
-                (got.as_secs_f64() - ms(wait).as_secs_f64()).abs() < 1e-9,
-                "at {at}: {got:?} != {wait}ms"
-            );
+            assert!((got.as_secs_f64() - ms(wait).as_secs_f64()).abs() < 1e-9, "at {at}: {got:?} != {wait}ms");
         }
     }
 

@@ -15,19 +15,13 @@ pub struct Slots {
 
 impl Slots {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            held: AtomicUsize::new(0),
-            capacity,
-            freed: Notify::new(),
-        }
+        Self { held: AtomicUsize::new(0), capacity, freed: Notify::new() }
     }
 
     /// Takes a slot if one is free; returns the number held after.
     pub fn try_take(&self) -> Option<usize> {
         self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                (h < self.capacity).then_some(h + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| (h < self.capacity).then_some(h + 1))
             .ok()
             .map(|h| h + 1)
     }
@@ -81,9 +75,6 @@ mod tests {
             tokio::spawn(async move { s.freed().await })
         };
         s.release();
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
     }
 }

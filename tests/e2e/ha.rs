@@ -27,10 +27,7 @@ fn scripts() -> PathBuf {
 fn python_ok() -> bool {
     let python = std::env::var("MQTT_HA_GATEWAY_PYTHON").unwrap_or_else(|_| "python3".into());
     Command::new(python)
-        .args([
-            "-c",
-            "import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)",
-        ])
+        .args(["-c", "import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)"])
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -68,17 +65,10 @@ impl Ha {
             .lines()
             .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
             .collect();
-        let get = |k: &str| {
-            env.get(k)
-                .unwrap_or_else(|| panic!("{k} missing from tests/ha/start output"))
-                .clone()
-        };
+        let get = |k: &str| env.get(k).unwrap_or_else(|| panic!("{k} missing from tests/ha/start output")).clone();
         Ha {
             url: get("HA_URL"),
-            admin_token: std::fs::read_to_string(get("HA_TOKEN_FILE"))
-                .unwrap()
-                .trim()
-                .to_owned(),
+            admin_token: std::fs::read_to_string(get("HA_TOKEN_FILE")).unwrap().trim().to_owned(),
             user_token_file: PathBuf::from(get("HA_USER_TOKEN_FILE")),
             state_dir: PathBuf::from(get("HA_STATE_DIR")),
             python: get("HA_PYTHON"),
@@ -89,10 +79,7 @@ impl Ha {
 
     /// Stops HA (graceful, like a user's restart) and starts it again on the same config and port.
     pub fn stop(&self) {
-        let status = Command::new(scripts().join("stop"))
-            .arg(&self.state_dir)
-            .status()
-            .unwrap();
+        let status = Command::new(scripts().join("stop")).arg(&self.state_dir).status().unwrap();
         assert!(status.success(), "tests/ha/stop failed");
     }
 
@@ -111,11 +98,7 @@ impl Ha {
             .arg(&self.state_dir)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "hatool {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "hatool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// `GET /api/states/<entity>` with the admin token.
@@ -131,22 +114,14 @@ impl Ha {
     }
 
     /// Waits until `pred(state(entity))` holds.
-    pub async fn wait_state(
-        &self,
-        entity: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn wait_state(&self, entity: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let s = self.state(entity).await;
             if pred(&s) {
                 return s;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{entity} never reached the expected state: {s}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "{entity} never reached the expected state: {s}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

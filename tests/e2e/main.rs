@@ -47,16 +47,10 @@ async fn rig(test: &str, token: Token, overrides: &[(&str, &str)]) -> Option<Rig
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("ha_token");
     match token {
-        Token::User => std::fs::copy(&ha.user_token_file, &token_file)
-            .map(|_| ())
-            .unwrap(),
-        Token::Own => ha.tool(&[
-            "new-token",
-            "--name",
-            &format!("gateway {test}"),
-            "--out",
-            &token_file.display().to_string(),
-        ]),
+        Token::User => std::fs::copy(&ha.user_token_file, &token_file).map(|_| ()).unwrap(),
+        Token::Own => {
+            ha.tool(&["new-token", "--name", &format!("gateway {test}"), "--out", &token_file.display().to_string()])
+        }
     }
     let config = support::gateway::write_config(dir.path(), broker.port, &ha.url, &token_file);
     let mut overrides = overrides.to_vec();
@@ -67,27 +61,12 @@ async fn rig(test: &str, token: Token, overrides: &[(&str, &str)]) -> Option<Rig
     let mut client = TestClient::connect(
         broker.port,
         &format!("e2e-{test}"),
-        &[
-            &format!("{PREFIX}/result/#"),
-            &format!("{PREFIX}/state/#"),
-            &format!("{PREFIX}/status"),
-        ],
+        &[&format!("{PREFIX}/result/#"), &format!("{PREFIX}/state/#"), &format!("{PREFIX}/status")],
     )
     .await;
     let gateway = Gateway::start(&config, &overrides).await;
-    client
-        .expect(&format!("{PREFIX}/status"), T, |m| {
-            &m.payload[..] == b"online"
-        })
-        .await;
-    Some(Rig {
-        _broker: broker,
-        ha,
-        client,
-        gateway,
-        dir,
-        token_file,
-    })
+    client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    Some(Rig { _broker: broker, ha, client, gateway, dir, token_file })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -99,138 +78,47 @@ async fn call_and_set_change_real_entities() {
     let (status, body) = rig.gateway.get("/readyz").await;
     assert_eq!(status, 200, "{body}");
 
-    rig.client
-        .publish(
-            &format!("{PREFIX}/call/light/turn_on"),
-            r#"{"entity_id":"light.kitchen","brightness":128,"correlation":"k-1"}"#,
-        )
-        .await;
-    let r = rig
-        .client
-        .result(&format!("{PREFIX}/result/light/turn_on"))
-        .await;
+    let r =
+        rig.client.call("light.turn_on", r#"{"entity_id":"light.kitchen","brightness":128,"correlation":"k-1"}"#).await;
     assert_eq!(
-        (
-            r["ok"].clone(),
-            r["status"].clone(),
-            r["correlation"].clone()
-        ),
+        (r["ok"].clone(), r["status"].clone(), r["correlation"].clone()),
         (json!(true), json!(200), json!("k-1")),
         "{r}"
     );
-    assert!(
-        r["changed"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("light.kitchen")),
-        "{r}"
-    );
-    let s = rig
-        .ha
-        .wait_state("light.kitchen", T, |s| s["state"] == "on")
-        .await;
+    assert!(r["changed"].as_array().unwrap().contains(&json!("light.kitchen")), "{r}");
+    let s = rig.ha.wait_state("light.kitchen", T, |s| s["state"] == "on").await;
     assert_eq!(s["attributes"]["brightness"], 128);
-    let mirrored = rig
-        .client
-        .expect(&format!("{PREFIX}/state/light/kitchen"), T, |m| {
-            m.json()["state"] == "on"
-        })
-        .await;
+    let mirrored = rig.client.expect(&format!("{PREFIX}/state/light/kitchen"), T, |m| m.json()["state"] == "on").await;
     assert!(mirrored.retain);
 
-    rig.client
-        .publish(&format!("{PREFIX}/set/switch/fan_plug"), "ON")
-        .await;
-    assert_eq!(
-        rig.client
-            .result(&format!("{PREFIX}/result/switch/turn_on"))
-            .await["ok"],
-        true
-    );
-    rig.ha
-        .wait_state("switch.fan_plug", T, |s| s["state"] == "on")
-        .await;
-    rig.client
-        .publish(&format!("{PREFIX}/set/switch/fan_plug"), "toggle")
-        .await;
-    assert_eq!(
-        rig.client
-            .result(&format!("{PREFIX}/result/switch/toggle"))
-            .await["ok"],
-        true
-    );
-    rig.ha
-        .wait_state("switch.fan_plug", T, |s| s["state"] == "off")
-        .await;
+    assert_eq!(rig.client.set("switch.fan_plug", "ON", "switch.turn_on").await["ok"], true);
+    rig.ha.wait_state("switch.fan_plug", T, |s| s["state"] == "on").await;
+    assert_eq!(rig.client.set("switch.fan_plug", "toggle", "switch.toggle").await["ok"], true);
+    rig.ha.wait_state("switch.fan_plug", T, |s| s["state"] == "off").await;
 
-    rig.client
-        .publish(
-            &format!("{PREFIX}/set/light/hall"),
-            r#"{"state":"ON","brightness":40}"#,
-        )
-        .await;
-    assert_eq!(
-        rig.client
-            .result(&format!("{PREFIX}/result/light/turn_on"))
-            .await["ok"],
-        true
-    );
-    let s = rig
-        .ha
-        .wait_state("light.hall", T, |s| s["state"] == "on")
-        .await;
+    assert_eq!(rig.client.set("light.hall", r#"{"state":"ON","brightness":40}"#, "light.turn_on").await["ok"], true);
+    let s = rig.ha.wait_state("light.hall", T, |s| s["state"] == "on").await;
     assert_eq!(s["attributes"]["brightness"], 40);
 
-    rig.client
-        .publish(
-            &format!("{PREFIX}/call/cover/set_cover_position"),
-            r#"{"entity_id":"cover.living_room_blind","position":40}"#,
-        )
-        .await;
     assert_eq!(
-        rig.client
-            .result(&format!("{PREFIX}/result/cover/set_cover_position"))
-            .await["ok"],
+        rig.client.call("cover.set_cover_position", r#"{"entity_id":"cover.living_room_blind","position":40}"#).await
+            ["ok"],
         true
     );
     rig.ha
-        .wait_state("cover.living_room_blind", T, |s| {
-            s["attributes"]["current_position"].as_f64() == Some(40.0)
-        })
+        .wait_state("cover.living_room_blind", T, |s| s["attributes"]["current_position"].as_f64() == Some(40.0))
         .await;
 
-    rig.client
-        .publish(
-            &format!("{PREFIX}/call/climate/set_temperature"),
-            r#"{"entity_id":"climate.living_room","temperature":22.5}"#,
-        )
-        .await;
     assert_eq!(
-        rig.client
-            .result(&format!("{PREFIX}/result/climate/set_temperature"))
-            .await["ok"],
+        rig.client.call("climate.set_temperature", r#"{"entity_id":"climate.living_room","temperature":22.5}"#).await
+            ["ok"],
         true
     );
-    rig.ha
-        .wait_state("climate.living_room", T, |s| {
-            s["attributes"]["temperature"] == 22.5
-        })
-        .await;
+    rig.ha.wait_state("climate.living_room", T, |s| s["attributes"]["temperature"] == 22.5).await;
 
     // A denied service never reaches HA: the lock stays as it was.
     let before = rig.ha.state("lock.front_door").await["state"].clone();
-    rig.client
-        .publish(
-            &format!("{PREFIX}/call/lock/unlock"),
-            r#"{"entity_id":"lock.front_door"}"#,
-        )
-        .await;
-    assert_eq!(
-        rig.client
-            .result(&format!("{PREFIX}/result/lock/unlock"))
-            .await["error"],
-        "service_denied"
-    );
+    assert_eq!(rig.client.call("lock.unlock", r#"{"entity_id":"lock.front_door"}"#).await["error"], "service_denied");
     assert_eq!(rig.ha.state("lock.front_door").await["state"], before);
     rig.gateway.stop().await;
 }
@@ -240,54 +128,16 @@ async fn home_assistants_own_answers_are_reported() {
     let Some(mut rig) = rig("e2e_errors", Token::Own, &[]).await else {
         return;
     };
-    rig.client
-        .publish(
-            &format!("{PREFIX}/call/light/does_not_exist"),
-            r#"{"entity_id":"light.kitchen","correlation":1}"#,
-        )
-        .await;
-    let r = rig
-        .client
-        .result(&format!("{PREFIX}/result/light/does_not_exist"))
-        .await;
-    assert_eq!(
-        r,
-        json!({"ok":false,"status":400,"changed":[],"error":"ha_error","correlation":1})
-    );
+    let r = rig.client.call("light.does_not_exist", r#"{"entity_id":"light.kitchen","correlation":1}"#).await;
+    assert_eq!(r, json!({"ok":false,"status":400,"changed":[],"error":"ha_error","correlation":1}));
 
-    rig.client
-        .publish(
-            &format!("{PREFIX}/call/light/turn_on"),
-            r#"{"entity_id":"light.kitchen","brightness":"abc"}"#,
-        )
-        .await;
-    let r = rig
-        .client
-        .result(&format!("{PREFIX}/result/light/turn_on"))
-        .await;
-    assert_eq!(
-        (r["status"].clone(), r["error"].clone()),
-        (json!(400), json!("ha_error")),
-        "{r}"
-    );
+    let r = rig.client.call("light.turn_on", r#"{"entity_id":"light.kitchen","brightness":"abc"}"#).await;
+    assert_eq!((r["status"].clone(), r["error"].clone()), (json!(400), json!("ha_error")), "{r}");
 
     // HA answers 200 and changes nothing for an entity that does not exist.
-    rig.client
-        .publish(
-            &format!("{PREFIX}/call/light/turn_on"),
-            r#"{"entity_id":"light.nope"}"#,
-        )
-        .await;
-    let r = rig
-        .client
-        .result(&format!("{PREFIX}/result/light/turn_on"))
-        .await;
+    let r = rig.client.call("light.turn_on", r#"{"entity_id":"light.nope"}"#).await;
     assert_eq!(r, json!({"ok":true,"status":200,"changed":[]}));
-    assert_eq!(
-        rig.gateway
-            .metric(r#"commands_total{outcome="failed",reason="ha_error"}"#),
-        2.0
-    );
+    assert_eq!(rig.gateway.metric(r#"commands_total{outcome="failed",reason="ha_error"}"#), 2.0);
     rig.gateway.stop().await;
 
     // `check --online` reaches the real broker and HA with the real token…
@@ -298,29 +148,15 @@ async fn home_assistants_own_answers_are_reported() {
     // …and says clearly when HA refuses the token.
     let wrong = rig.dir.path().join("wrong");
     std::fs::write(&wrong, "not-a-valid-token").unwrap();
-    let (code, out) = check_online(
-        &config,
-        &[(
-            "MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN_FILE",
-            wrong.to_str().unwrap(),
-        )],
-    )
-    .await;
+    let (code, out) =
+        check_online(&config, &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN_FILE", wrong.to_str().unwrap())]).await;
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("error: home_assistant: the token was refused"),
-        "{out}"
-    );
+    assert!(out.contains("error: home_assistant: the token was refused"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_token_stops_sending_and_a_new_one_resumes() {
-    let Some(mut rig) = rig(
-        "e2e_revoke",
-        Token::Own,
-        &[("QUEUE__MAX_AGE", "4s"), ("QUEUE__CONCURRENCY", "1")],
-    )
-    .await
+    let Some(mut rig) = rig("e2e_revoke", Token::Own, &[("QUEUE__MAX_AGE", "4s"), ("QUEUE__CONCURRENCY", "1")]).await
     else {
         return;
     };
@@ -329,45 +165,23 @@ async fn a_revoked_token_stops_sending_and_a_new_one_resumes() {
     rig.ha.tool(&["revoke", "--token-file", &token_file]);
 
     for n in 0..5 {
-        rig.client
-            .publish(
-                &format!("{PREFIX}/set/light/kitchen"),
-                if n % 2 == 0 { "ON" } else { "OFF" },
-            )
-            .await;
+        rig.client.publish(&format!("{PREFIX}/set/light/kitchen"), if n % 2 == 0 { "ON" } else { "OFF" }).await;
     }
     let results = rig.client.collect(&format!("{PREFIX}/result/"), 5, T).await;
     for m in &results {
         let r = m.json();
         assert_eq!(r["ok"], false, "{r}");
-        assert!(
-            ["ha_unauthorized", "expired"].contains(&r["error"].as_str().unwrap()),
-            "{r}"
-        );
+        assert!(["ha_unauthorized", "expired"].contains(&r["error"].as_str().unwrap()), "{r}");
     }
     let (status, body) = rig.gateway.get("/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("ha_token_accepted"), "{body}");
-    assert!(
-        rig.gateway.metric(r#"ha_calls_total{class="401"}"#) <= 1.0,
-        "one refusal, then silence"
-    );
+    assert!(rig.gateway.metric(r#"ha_calls_total{class="401"}"#) <= 1.0, "one refusal, then silence");
 
     // The operator creates a new token and puts it in the file.
-    rig.ha
-        .tool(&["new-token", "--name", "rotated", "--out", &token_file]);
-    rig.client
-        .publish(&format!("{PREFIX}/set/light/kitchen"), "ON")
-        .await;
-    assert_eq!(
-        rig.client
-            .result(&format!("{PREFIX}/result/light/turn_on"))
-            .await["ok"],
-        true
-    );
-    rig.ha
-        .wait_state("light.kitchen", T, |s| s["state"] == "on")
-        .await;
+    rig.ha.tool(&["new-token", "--name", "rotated", "--out", &token_file]);
+    assert_eq!(rig.client.set("light.kitchen", "ON", "light.turn_on").await["ok"], true);
+    rig.ha.wait_state("light.kitchen", T, |s| s["state"] == "on").await;
     let deadline = tokio::time::Instant::now() + T;
     while rig.gateway.get("/readyz").await.0 != 200 {
         assert!(tokio::time::Instant::now() < deadline, "ready again");
@@ -381,28 +195,13 @@ async fn commands_sent_while_home_assistant_restarts_are_executed_after() {
     let Some(mut rig) = rig(
         "e2e_restart",
         Token::Own,
-        &[
-            ("QUEUE__MAX_AGE", "120s"),
-            ("HOME_ASSISTANT__MAX_ATTEMPTS", "1000"),
-            ("HOME_ASSISTANT__RETRY_MAX", "500ms"),
-        ],
+        &[("QUEUE__MAX_AGE", "120s"), ("HOME_ASSISTANT__MAX_ATTEMPTS", "1000"), ("HOME_ASSISTANT__RETRY_MAX", "500ms")],
     )
     .await
     else {
         return;
     };
-    rig.client
-        .publish(
-            &format!("{PREFIX}/call/counter/increment"),
-            r#"{"entity_id":"counter.script_runs"}"#,
-        )
-        .await;
-    assert_eq!(
-        rig.client
-            .result(&format!("{PREFIX}/result/counter/increment"))
-            .await["ok"],
-        true
-    );
+    assert_eq!(rig.client.call("counter.increment", r#"{"entity_id":"counter.script_runs"}"#).await["ok"], true);
     let count = |s: &serde_json::Value| s["state"].as_str().unwrap().parse::<usize>().unwrap();
     let before = count(&rig.ha.state("counter.script_runs").await);
 
@@ -410,35 +209,18 @@ async fn commands_sent_while_home_assistant_restarts_are_executed_after() {
     tokio::task::block_in_place(|| ha.stop());
     const N: usize = 10;
     for _ in 0..N {
-        rig.client
-            .publish(
-                &format!("{PREFIX}/call/counter/increment"),
-                r#"{"entity_id":"counter.script_runs"}"#,
-            )
-            .await;
+        rig.client.publish(&format!("{PREFIX}/call/counter/increment"), r#"{"entity_id":"counter.script_runs"}"#).await;
     }
-    rig.gateway
-        .wait_metric(r#"ha_calls_total{class="connect"}"#, T, |v| v >= 1.0)
-        .await;
+    rig.gateway.wait_metric(r#"ha_calls_total{class="connect"}"#, T, |v| v >= 1.0).await;
     tokio::task::block_in_place(|| rig.ha.start_again());
-    let results = rig
-        .client
-        .collect(
-            &format!("{PREFIX}/result/counter/increment"),
-            N,
-            Duration::from_secs(60),
-        )
-        .await;
+    let results = rig.client.collect(&format!("{PREFIX}/result/counter/increment"), N, Duration::from_secs(60)).await;
     assert!(
         results.iter().all(|m| m.json()["ok"] == true),
         "{:?}",
         results.iter().map(|m| m.json()).collect::<Vec<_>>()
     );
     // The counter survives HA's restart (restored state): every command ran exactly once.
-    let s = rig
-        .ha
-        .wait_state("counter.script_runs", T, |s| count(s) >= before + N)
-        .await;
+    let s = rig.ha.wait_state("counter.script_runs", T, |s| count(s) >= before + N).await;
     assert_eq!(count(&s), before + N);
     rig.gateway.stop().await;
     drop(rig.dir);
@@ -450,35 +232,16 @@ async fn a_non_admin_token_can_call_services() {
         return;
     };
     rig.gateway.wait_metric("ha_up", T, |v| v == 1.0).await;
-    rig.client
-        .publish(&format!("{PREFIX}/set/light/hall"), "ON")
-        .await;
-    let r = rig
-        .client
-        .result(&format!("{PREFIX}/result/light/turn_on"))
-        .await;
-    assert_eq!(
-        r["ok"], true,
-        "a non-admin user may call services through the REST API: {r}"
-    );
-    rig.ha
-        .wait_state("light.hall", T, |s| s["state"] == "on")
-        .await;
+    let r = rig.client.set("light.hall", "ON", "light.turn_on").await;
+    assert_eq!(r["ok"], true, "a non-admin user may call services through the REST API: {r}");
+    rig.ha.wait_state("light.hall", T, |s| s["state"] == "on").await;
     rig.gateway.stop().await;
 }
 
 async fn check_online(config: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-ha-gateway"));
-    cmd.args(["check", "--online", "--config"])
-        .arg(config)
-        .envs(env.iter().copied());
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cmd.args(["check", "--online", "--config"]).arg(config).envs(env.iter().copied());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }

@@ -13,11 +13,7 @@ fn gateway(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     }
     cmd.envs(envs.iter().copied());
     let out = cmd.output().expect("run the binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -61,10 +57,7 @@ listen = "nowhere"
         "access.allow_services",
         "metrics.listen",
     ] {
-        assert!(
-            out.contains(&format!("error: {key}: ")),
-            "{key} missing from:\n{out}"
-        );
+        assert!(out.contains(&format!("error: {key}: ")), "{key} missing from:\n{out}");
     }
 }
 
@@ -72,10 +65,7 @@ listen = "nowhere"
 fn unknown_keys_are_errors_with_their_path() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(&dir, "typo.toml", "[queue]\ncapacty = 5\n");
-    let (code, out) = gateway(
-        &["check", "--config", &cfg],
-        &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", "t")],
-    );
+    let (code, out) = gateway(&["check", "--config", &cfg], &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", "t")]);
     assert_eq!(code, 1);
     assert!(out.contains("error: queue.capacty: unknown field"), "{out}");
 }
@@ -98,18 +88,12 @@ fn env_variables_override_the_file_and_secrets_never_print() {
     let secret = "s3cr3t-token-planted-for-the-test";
     let (code, out) = gateway(
         &["check", "--config", &cfg],
-        &[
-            ("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret),
-            ("MQTT_HA_GATEWAY_QUEUE__CONCURRENCY", "11"),
-        ],
+        &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret), ("MQTT_HA_GATEWAY_QUEUE__CONCURRENCY", "11")],
     );
     assert_eq!(code, 1, "concurrency 11 > capacity 10 is refused: {out}");
     assert!(out.contains("error: queue.concurrency:"), "{out}");
     assert!(!out.contains(secret));
-    let (code, out) = gateway(
-        &["check", "--config", &cfg],
-        &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret)],
-    );
+    let (code, out) = gateway(&["check", "--config", &cfg], &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", secret)]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains(secret));
 }
@@ -117,11 +101,7 @@ fn env_variables_override_the_file_and_secrets_never_print() {
 #[test]
 fn the_shipped_example_config_is_valid() {
     let (code, out) = gateway(
-        &[
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"),
-        ],
+        &["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml")],
         &[("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", "t")],
     );
     assert_eq!(code, 0, "{out}");

@@ -14,16 +14,7 @@ async fn server_errors_are_retried_until_success() {
     };
     env.wait_online().await;
     env.ha.script([Reply::status(500), Reply::status(503)]);
-    env.client
-        .publish(
-            &format!("{PREFIX}/call/light/turn_on"),
-            r#"{"entity_id":"light.a"}"#,
-        )
-        .await;
-    let r = env
-        .client
-        .result(&format!("{PREFIX}/result/light/turn_on"))
-        .await;
+    let r = env.client.call("light.turn_on", r#"{"entity_id":"light.a"}"#).await;
     assert_eq!(r["ok"], true);
     assert_eq!(env.ha.calls().len(), 3);
     assert_eq!(env.gateway.metric("retries_total"), 2.0);
@@ -38,26 +29,10 @@ async fn retries_stop_at_max_attempts() {
     };
     env.wait_online().await;
     env.ha.script((0..10).map(|_| Reply::status(502)));
-    env.client
-        .publish(
-            &format!("{PREFIX}/call/switch/turn_on"),
-            r#"{"entity_id":"switch.a","correlation":"x"}"#,
-        )
-        .await;
-    let r = env
-        .client
-        .result(&format!("{PREFIX}/result/switch/turn_on"))
-        .await;
-    assert_eq!(
-        r,
-        json!({"ok":false,"status":502,"changed":[],"error":"ha_unavailable","correlation":"x"})
-    );
+    let r = env.client.call("switch.turn_on", r#"{"entity_id":"switch.a","correlation":"x"}"#).await;
+    assert_eq!(r, json!({"ok":false,"status":502,"changed":[],"error":"ha_unavailable","correlation":"x"}));
     assert_eq!(env.ha.calls().len(), 3);
-    assert_eq!(
-        env.gateway
-            .metric(r#"commands_total{outcome="failed",reason="ha_unavailable"}"#),
-        1.0
-    );
+    assert_eq!(env.gateway.metric(r#"commands_total{outcome="failed",reason="ha_unavailable"}"#), 1.0);
     env.gateway.stop().await;
 }
 
@@ -67,29 +42,11 @@ async fn retry_after_is_honoured() {
         return;
     };
     env.wait_online().await;
-    env.ha.script([Reply {
-        retry_after: Some(1),
-        ..Reply::status(429)
-    }]);
-    env.client
-        .publish(
-            &format!("{PREFIX}/call/light/turn_on"),
-            r#"{"entity_id":"light.a"}"#,
-        )
-        .await;
-    assert_eq!(
-        env.client
-            .result(&format!("{PREFIX}/result/light/turn_on"))
-            .await["ok"],
-        true
-    );
+    env.ha.script([Reply { retry_after: Some(1), ..Reply::status(429) }]);
+    assert_eq!(env.client.call("light.turn_on", r#"{"entity_id":"light.a"}"#).await["ok"], true);
     let calls = env.ha.calls();
     assert_eq!(calls.len(), 2);
-    assert!(
-        calls[1].at - calls[0].at >= Duration::from_millis(990),
-        "waited {:?}",
-        calls[1].at - calls[0].at
-    );
+    assert!(calls[1].at - calls[0].at >= Duration::from_millis(990), "waited {:?}", calls[1].at - calls[0].at);
     env.gateway.stop().await;
 }
 
@@ -100,16 +57,7 @@ async fn bad_requests_are_final() {
     };
     env.wait_online().await;
     env.ha.script([Reply::status(400)]);
-    env.client
-        .publish(
-            &format!("{PREFIX}/call/light/turn_on"),
-            r#"{"entity_id":"light.a","brightness":"abc"}"#,
-        )
-        .await;
-    let r = env
-        .client
-        .result(&format!("{PREFIX}/result/light/turn_on"))
-        .await;
+    let r = env.client.call("light.turn_on", r#"{"entity_id":"light.a","brightness":"abc"}"#).await;
     assert_eq!(
         (r["ok"].clone(), r["status"].clone(), r["error"].clone()),
         (json!(false), json!(400), json!("ha_error"))
@@ -120,62 +68,22 @@ async fn bad_requests_are_final() {
 
 #[tokio::test]
 async fn a_timed_out_toggle_is_not_resent_but_an_idempotent_call_is() {
-    let Some(mut env) = setup(
-        "timeouts",
-        &[
-            ("HOME_ASSISTANT__REQUEST_TIMEOUT", "300ms"),
-            ("HOME_ASSISTANT__MAX_ATTEMPTS", "2"),
-        ],
-    )
-    .await
+    let Some(mut env) =
+        setup("timeouts", &[("HOME_ASSISTANT__REQUEST_TIMEOUT", "300ms"), ("HOME_ASSISTANT__MAX_ATTEMPTS", "2")]).await
     else {
         return;
     };
     env.wait_online().await;
-    env.ha.script([Reply {
-        delay: Duration::from_secs(1),
-        ..Reply::status(200)
-    }]);
-    env.client
-        .publish(&format!("{PREFIX}/set/light/a"), "TOGGLE")
-        .await;
-    let r = env
-        .client
-        .result(&format!("{PREFIX}/result/light/toggle"))
-        .await;
+    env.ha.script([Reply { delay: Duration::from_secs(1), ..Reply::status(200) }]);
+    let r = env.client.set("light.a", "TOGGLE", "light.toggle").await;
     assert_eq!(r["error"], "ha_timeout");
-    env.ha
-        .wait_calls(Duration::from_secs(5), "the toggle to land", |c| {
-            c.len() == 1
-        })
-        .await;
+    env.ha.wait_calls(Duration::from_secs(5), "the toggle to land", |c| c.len() == 1).await;
 
-    env.ha.script([Reply {
-        delay: Duration::from_secs(1),
-        ..Reply::status(200)
-    }]);
-    env.client
-        .publish(&format!("{PREFIX}/set/light/b"), "ON")
-        .await;
-    let r = env
-        .client
-        .result(&format!("{PREFIX}/result/light/turn_on"))
-        .await;
-    assert_eq!(
-        r["ok"], true,
-        "turn_on is idempotent: re-sent after the timeout"
-    );
-    let calls = env
-        .ha
-        .wait_calls(Duration::from_secs(5), "both turn_on attempts", |c| {
-            c.len() == 3
-        })
-        .await;
-    assert_eq!(
-        calls.iter().filter(|c| c.service == "toggle").count(),
-        1,
-        "the toggle was sent once"
-    );
+    env.ha.script([Reply { delay: Duration::from_secs(1), ..Reply::status(200) }]);
+    let r = env.client.set("light.b", "ON", "light.turn_on").await;
+    assert_eq!(r["ok"], true, "turn_on is idempotent: re-sent after the timeout");
+    let calls = env.ha.wait_calls(Duration::from_secs(5), "both turn_on attempts", |c| c.len() == 3).await;
+    assert_eq!(calls.iter().filter(|c| c.service == "toggle").count(), 1, "the toggle was sent once");
     env.gateway.stop().await;
 }
 
@@ -183,37 +91,23 @@ async fn a_timed_out_toggle_is_not_resent_but_an_idempotent_call_is() {
 async fn a_refused_token_stops_sending_until_the_token_file_changes() {
     let Some(mut env) = setup(
         "unauthorized",
-        &[
-            ("QUEUE__MAX_AGE", "3s"),
-            ("HOME_ASSISTANT__AUTH_BACKOFF", "60s"),
-            ("QUEUE__CONCURRENCY", "1"),
-        ],
+        &[("QUEUE__MAX_AGE", "3s"), ("HOME_ASSISTANT__AUTH_BACKOFF", "60s"), ("QUEUE__CONCURRENCY", "1")],
     )
     .await
     else {
         return;
     };
     env.wait_online().await;
-    env.gateway
-        .wait_metric("ha_up", Duration::from_secs(5), |v| v == 1.0)
-        .await;
+    env.gateway.wait_metric("ha_up", Duration::from_secs(5), |v| v == 1.0).await;
     env.ha.set_token("rotated-token");
     for n in 0..20 {
         env.client
-            .publish(
-                &format!("{PREFIX}/call/light/turn_on"),
-                json!({"entity_id": format!("light.l{n}")}).to_string(),
-            )
+            .publish(&format!("{PREFIX}/call/light/turn_on"), json!({"entity_id": format!("light.l{n}")}).to_string())
             .await;
     }
-    let results = env
-        .client
-        .collect(&format!("{PREFIX}/result/"), 20, Duration::from_secs(15))
-        .await;
+    let results = env.client.collect(&format!("{PREFIX}/result/"), 20, Duration::from_secs(15)).await;
     assert!(results.iter().all(|m| m.json()["ok"] == false));
-    assert!(results
-        .iter()
-        .all(|m| ["ha_unauthorized", "expired"].contains(&m.json()["error"].as_str().unwrap())));
+    assert!(results.iter().all(|m| ["ha_unauthorized", "expired"].contains(&m.json()["error"].as_str().unwrap())));
     // HA counts each 401 as a failed login: the gateway must not hammer it.
     // One call in flight at a time here, so exactly one was refused.
     assert_eq!(env.ha.unauthorized(), 1, "refused requests");
@@ -223,25 +117,9 @@ async fn a_refused_token_stops_sending_until_the_token_file_changes() {
 
     // The operator puts the new token in place: sending resumes without a restart.
     std::fs::write(&env.token_file, "rotated-token\n").unwrap();
-    env.client
-        .publish(
-            &format!("{PREFIX}/call/light/turn_on"),
-            r#"{"entity_id":"light.z"}"#,
-        )
-        .await;
-    assert_eq!(
-        env.client
-            .result(&format!("{PREFIX}/result/light/turn_on"))
-            .await["ok"],
-        true
-    );
+    assert_eq!(env.client.call("light.turn_on", r#"{"entity_id":"light.z"}"#).await["ok"], true);
     let calls = env.ha.calls();
-    assert_eq!(
-        calls.last().unwrap().authorization.as_deref(),
-        Some("Bearer rotated-token")
-    );
-    env.gateway
-        .wait_metric("ha_up", Duration::from_secs(5), |v| v == 1.0)
-        .await;
+    assert_eq!(calls.last().unwrap().authorization.as_deref(), Some("Bearer rotated-token"));
+    env.gateway.wait_metric("ha_up", Duration::from_secs(5), |v| v == 1.0).await;
     env.gateway.stop().await;
 }

@@ -35,14 +35,8 @@ async fn rig(test: &str) -> Option<Rig> {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let config =
-        crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
-    Some(Rig {
-        broker,
-        ha,
-        dir,
-        config,
-    })
+    let config = crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
+    Some(Rig { broker, ha, dir, config })
 }
 
 #[tokio::test]
@@ -50,16 +44,11 @@ async fn kill_9_with_a_backlog_loses_no_qos1_command() {
     let Some(rig) = rig("kill9").await else {
         return;
     };
-    let mut client =
-        TestClient::connect(rig.broker.port, "killer", &[&format!("{PREFIX}/status")]).await;
+    let mut client = TestClient::connect(rig.broker.port, "killer", &[&format!("{PREFIX}/status")]).await;
     rig.ha.set_delay(Duration::from_millis(5));
     let log = rig.dir.path().join("gateway1.log");
     let mut gw = spawn_gateway(&rig.config, &log);
-    client
-        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
-            &m.payload[..] == b"online"
-        })
-        .await;
+    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"online").await;
 
     const N: u64 = 300;
     for n in 0..N {
@@ -70,38 +59,19 @@ async fn kill_9_with_a_backlog_loses_no_qos1_command() {
             )
             .await;
     }
-    rig.ha
-        .wait_calls(Duration::from_secs(20), "a third of the calls", |c| {
-            c.len() as u64 >= N / 3
-        })
-        .await;
+    rig.ha.wait_calls(Duration::from_secs(20), "a third of the calls", |c| c.len() as u64 >= N / 3).await;
     gw.kill().expect("SIGKILL the gateway");
     gw.wait().unwrap();
     let before = rig.ha.calls().len();
-    assert!(
-        (before as u64) < N,
-        "the kill came mid-stream ({before} of {N} done)"
-    );
-    client
-        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
-            &m.payload[..] == b"offline"
-        })
-        .await;
+    assert!((before as u64) < N, "the kill came mid-stream ({before} of {N} done)");
+    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"offline").await;
 
     let mut gw = spawn_gateway(&rig.config, &rig.dir.path().join("gateway2.log"));
     let calls = rig
         .ha
-        .wait_calls(
-            Duration::from_secs(60),
-            "every command after the restart",
-            |c| {
-                c.iter()
-                    .map(|c| c.body["n"].as_u64().unwrap())
-                    .collect::<HashSet<_>>()
-                    .len() as u64
-                    == N
-            },
-        )
+        .wait_calls(Duration::from_secs(60), "every command after the restart", |c| {
+            c.iter().map(|c| c.body["n"].as_u64().unwrap()).collect::<HashSet<_>>().len() as u64 == N
+        })
         .await;
     let duplicates = calls.len() as u64 - N;
     eprintln!("kill -9 after {before} calls: all {N} delivered, {duplicates} executed twice");
@@ -122,47 +92,24 @@ async fn sigterm_drains_in_flight_calls_and_exits_0() {
     .await;
     rig.ha.set_delay(Duration::from_millis(500));
     let mut gw = spawn_gateway(&rig.config, &rig.dir.path().join("gateway.log"));
-    client
-        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
-            &m.payload[..] == b"online"
-        })
-        .await;
-    client
-        .publish(
-            &format!("{PREFIX}/call/light/turn_on"),
-            r#"{"entity_id":"light.slow"}"#,
-        )
-        .await;
+    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"online").await;
+    client.publish(&format!("{PREFIX}/call/light/turn_on"), r#"{"entity_id":"light.slow"}"#).await;
     // Wait until the call is in flight (HA has it but has not answered).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while rig.ha.in_flight() == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the call never reached HA"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the call never reached HA");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &gw.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &gw.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || gw.wait().unwrap())
-        .await
-        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || gw.wait().unwrap()).await.unwrap();
     assert_eq!(exit.code(), Some(0), "exit 0 after draining");
     assert_eq!(
-        client
-            .result(&format!("{PREFIX}/result/light/turn_on"))
-            .await["ok"],
+        client.result(&format!("{PREFIX}/result/light/turn_on")).await["ok"],
         true,
         "the in-flight call finished"
     );
-    client
-        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
-            &m.payload[..] == b"offline"
-        })
-        .await;
+    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"offline").await;
 }
 
 #[tokio::test]
@@ -172,11 +119,7 @@ async fn after_the_broker_restarts_the_gateway_reconnects_and_resubscribes() {
     };
     env.wait_online().await;
     env.broker.restart();
-    env.gateway
-        .wait_metric("mqtt_reconnects_total", Duration::from_secs(20), |v| {
-            v >= 1.0
-        })
-        .await;
+    env.gateway.wait_metric("mqtt_reconnects_total", Duration::from_secs(20), |v| v >= 1.0).await;
     // The new broker knows no session: the gateway must have subscribed again.
     let mut client = TestClient::connect(
         env.broker.port,
@@ -184,20 +127,8 @@ async fn after_the_broker_restarts_the_gateway_reconnects_and_resubscribes() {
         &[&format!("{PREFIX}/result/#"), &format!("{PREFIX}/status")],
     )
     .await;
-    client
-        .expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| {
-            &m.payload[..] == b"online"
-        })
-        .await;
-    client
-        .publish(&format!("{PREFIX}/set/light/kitchen"), "ON")
-        .await;
-    assert_eq!(
-        client
-            .result(&format!("{PREFIX}/result/light/turn_on"))
-            .await["ok"],
-        true
-    );
+    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"online").await;
+    assert_eq!(client.set("light.kitchen", "ON", "light.turn_on").await["ok"], true);
     assert_eq!(env.gateway.metric("mqtt_connected"), 1.0);
     env.gateway.stop().await;
 }

@@ -15,24 +15,14 @@ async fn calls_for_one_entity_keep_their_order_while_entities_run_in_parallel() 
     };
     env.wait_online().await;
     // Early calls are slow, later ones fast: without ordering they would overtake.
-    env.ha.script((0..60).map(|i| Reply {
-        delay: Duration::from_millis(60u64.saturating_sub(i)),
-        ..Reply::status(200)
-    }));
+    env.ha
+        .script((0..60).map(|i| Reply { delay: Duration::from_millis(60u64.saturating_sub(i)), ..Reply::status(200) }));
     let entities = ["light.a", "light.b", "light.c", "light.d"];
     for n in 0..60 {
         let e = entities[n % entities.len()];
-        env.client
-            .publish(
-                &format!("{PREFIX}/call/light/turn_on"),
-                json!({"entity_id": e, "n": n}).to_string(),
-            )
-            .await;
+        env.client.publish(&format!("{PREFIX}/call/light/turn_on"), json!({"entity_id": e, "n": n}).to_string()).await;
     }
-    let calls = env
-        .ha
-        .wait_calls(Duration::from_secs(20), "60 calls", |c| c.len() == 60)
-        .await;
+    let calls = env.ha.wait_calls(Duration::from_secs(20), "60 calls", |c| c.len() == 60).await;
     let mut per_entity: HashMap<String, Vec<u64>> = HashMap::new();
     for c in &calls {
         per_entity
@@ -47,48 +37,24 @@ async fn calls_for_one_entity_keep_their_order_while_entities_run_in_parallel() 
         assert_eq!(ns.len(), 15);
     }
     // Parallelism across entities: the completion order interleaves entities.
-    let firsts: Vec<&str> = calls
-        .iter()
-        .take(4)
-        .map(|c| c.body["entity_id"].as_str().unwrap())
-        .collect();
-    assert!(
-        firsts
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-            > 1,
-        "{firsts:?}"
-    );
-    env.client
-        .collect(&format!("{PREFIX}/result/"), 60, Duration::from_secs(10))
-        .await;
+    let firsts: Vec<&str> = calls.iter().take(4).map(|c| c.body["entity_id"].as_str().unwrap()).collect();
+    assert!(firsts.iter().collect::<std::collections::HashSet<_>>().len() > 1, "{firsts:?}");
+    env.client.collect(&format!("{PREFIX}/result/"), 60, Duration::from_secs(10)).await;
     env.gateway.stop().await;
 }
 
 #[tokio::test]
 async fn the_rate_limit_is_respected() {
-    let Some(mut env) = setup(
-        "rate",
-        &[("QUEUE__RATE_PER_SECOND", "20"), ("QUEUE__BURST", "5")],
-    )
-    .await
-    else {
+    let Some(mut env) = setup("rate", &[("QUEUE__RATE_PER_SECOND", "20"), ("QUEUE__BURST", "5")]).await else {
         return;
     };
     env.wait_online().await;
     for n in 0..25 {
         env.client
-            .publish(
-                &format!("{PREFIX}/call/light/turn_on"),
-                json!({"entity_id": format!("light.l{n}")}).to_string(),
-            )
+            .publish(&format!("{PREFIX}/call/light/turn_on"), json!({"entity_id": format!("light.l{n}")}).to_string())
             .await;
     }
-    let calls = env
-        .ha
-        .wait_calls(Duration::from_secs(20), "25 calls", |c| c.len() == 25)
-        .await;
+    let calls = env.ha.wait_calls(Duration::from_secs(20), "25 calls", |c| c.len() == 25).await;
     // 5 from the burst, then 20 at 20/s: the last call cannot come before ~1 s.
     let first = calls.iter().map(|c| c.at).min().unwrap();
     for (i, at) in {
@@ -111,65 +77,35 @@ async fn the_rate_limit_is_respected() {
 
 #[tokio::test]
 async fn a_full_queue_applies_backpressure_without_losing_qos1_commands() {
-    let Some(mut env) = setup(
-        "backpressure",
-        &[("QUEUE__CAPACITY", "5"), ("QUEUE__CONCURRENCY", "1")],
-    )
-    .await
-    else {
+    let Some(mut env) = setup("backpressure", &[("QUEUE__CAPACITY", "5"), ("QUEUE__CONCURRENCY", "1")]).await else {
         return;
     };
     env.wait_online().await;
     env.ha.set_delay(Duration::from_millis(10));
     for n in 0..100 {
         env.client
-            .publish(
-                &format!("{PREFIX}/call/light/turn_on"),
-                json!({"entity_id": "light.a", "n": n}).to_string(),
-            )
+            .publish(&format!("{PREFIX}/call/light/turn_on"), json!({"entity_id": "light.a", "n": n}).to_string())
             .await;
     }
     let mut max_depth = 0.0f64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while env.ha.calls().len() < 100 {
         max_depth = max_depth.max(env.gateway.metric("queue_depth"));
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of 100 calls",
-            env.ha.calls().len()
-        );
+        assert!(tokio::time::Instant::now() < deadline, "only {} of 100 calls", env.ha.calls().len());
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(max_depth <= 5.0, "queue held {max_depth} > capacity 5");
     assert!(max_depth >= 2.0, "the queue was used at all ({max_depth})");
-    let ns: Vec<u64> = env
-        .ha
-        .calls()
-        .iter()
-        .map(|c| c.body["n"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        ns,
-        (0..100).collect::<Vec<_>>(),
-        "all delivered, once, in order"
-    );
-    env.client
-        .collect(&format!("{PREFIX}/result/"), 100, Duration::from_secs(10))
-        .await;
-    env.gateway
-        .wait_metric("acks_pending", Duration::from_secs(5), |v| v == 0.0)
-        .await;
+    let ns: Vec<u64> = env.ha.calls().iter().map(|c| c.body["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..100).collect::<Vec<_>>(), "all delivered, once, in order");
+    env.client.collect(&format!("{PREFIX}/result/"), 100, Duration::from_secs(10)).await;
+    env.gateway.wait_metric("acks_pending", Duration::from_secs(5), |v| v == 0.0).await;
     env.gateway.stop().await;
 }
 
 #[tokio::test]
 async fn qos0_commands_beyond_capacity_are_dropped_and_counted() {
-    let Some(mut env) = setup(
-        "qos0",
-        &[("QUEUE__CAPACITY", "2"), ("QUEUE__CONCURRENCY", "1")],
-    )
-    .await
-    else {
+    let Some(mut env) = setup("qos0", &[("QUEUE__CAPACITY", "2"), ("QUEUE__CONCURRENCY", "1")]).await else {
         return;
     };
     env.wait_online().await;
@@ -184,22 +120,12 @@ async fn qos0_commands_beyond_capacity_are_dropped_and_counted() {
             )
             .await;
     }
-    let results = env
-        .client
-        .collect(&format!("{PREFIX}/result/"), 10, Duration::from_secs(20))
-        .await;
-    let full = results
-        .iter()
-        .filter(|m| m.json()["error"] == "queue_full")
-        .count();
+    let results = env.client.collect(&format!("{PREFIX}/result/"), 10, Duration::from_secs(20)).await;
+    let full = results.iter().filter(|m| m.json()["error"] == "queue_full").count();
     let done = results.iter().filter(|m| m.json()["ok"] == true).count();
     assert!(full >= 1, "some were dropped");
     assert_eq!(full + done, 10, "every command has a result");
     assert_eq!(env.ha.calls().len(), done);
-    assert_eq!(
-        env.gateway
-            .metric(r#"commands_total{outcome="rejected",reason="queue_full"}"#),
-        full as f64
-    );
+    assert_eq!(env.gateway.metric(r#"commands_total{outcome="rejected",reason="queue_full"}"#), full as f64);
     env.gateway.stop().await;
 }

@@ -17,31 +17,16 @@ pub struct Broker {
 
 fn find_mosquitto() -> Option<PathBuf> {
     let from_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("mosquitto"))
-                .collect::<Vec<_>>()
-        })
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("mosquitto")).collect::<Vec<_>>())
         .unwrap_or_default();
     from_path
         .into_iter()
-        .chain(
-            [
-                "/usr/sbin/mosquitto",
-                "/usr/local/sbin/mosquitto",
-                "/opt/homebrew/sbin/mosquitto",
-            ]
-            .map(PathBuf::from),
-        )
+        .chain(["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"].map(PathBuf::from))
         .find(|p| p.is_file())
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral loopback port")
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port").local_addr().unwrap().port()
 }
 
 impl Broker {
@@ -50,20 +35,13 @@ impl Broker {
     pub fn start(test: &str) -> Option<Broker> {
         let Some(binary) = find_mosquitto() else {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!(
-                    "{test}: mosquitto is not installed; CI must provide it (.ci/run installs it)"
-                );
+                panic!("{test}: mosquitto is not installed; CI must provide it (.ci/run installs it)");
             }
             eprintln!("SKIPPED {test}: mosquitto is not installed (apt-get install mosquitto)");
             return None;
         };
         let dir = tempfile::tempdir().expect("create a temp dir");
-        let mut broker = Broker {
-            port: free_port(),
-            child: None,
-            dir,
-            binary,
-        };
+        let mut broker = Broker { port: free_port(), child: None, dir, binary };
         broker.spawn();
         Some(broker)
     }
@@ -89,11 +67,7 @@ impl Broker {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start listening on {}",
-                self.port
-            );
+            assert!(Instant::now() < deadline, "mosquitto did not start listening on {}", self.port);
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -10,6 +10,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::PREFIX;
+
 #[derive(Debug, Clone)]
 pub struct Message {
     pub topic: String,
@@ -36,8 +38,7 @@ impl TestClient {
     /// Connects and subscribes to `filters`; returns once the subscriptions are acked.
     pub async fn connect(port: u16, id: &str, filters: &[&str]) -> TestClient {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30))
-            .set_request_channel_capacity(100_000);
+        opts.set_keep_alive(Duration::from_secs(30)).set_request_channel_capacity(100_000);
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(true);
         opts.set_network_options(network);
@@ -52,10 +53,7 @@ impl TestClient {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload.clone(),
                             retain: p.retain,
-                            correlation_data: p
-                                .properties
-                                .as_ref()
-                                .and_then(|p| p.correlation_data.clone()),
+                            correlation_data: p.properties.as_ref().and_then(|p| p.correlation_data.clone()),
                         };
                         if tx.send(msg).is_err() {
                             return;
@@ -71,58 +69,28 @@ impl TestClient {
         });
         for f in filters {
             // Retain As Published, so tests can see which messages are retained.
-            let filter = Filter {
-                preserve_retain: true,
-                ..Filter::new(*f, QoS::AtLeastOnce)
-            };
+            let filter = Filter { preserve_retain: true, ..Filter::new(*f, QoS::AtLeastOnce) };
             client.subscribe_many([filter]).await.unwrap();
-            tokio::time::timeout(Duration::from_secs(10), subacked_rx.recv())
-                .await
-                .expect("suback in time");
+            tokio::time::timeout(Duration::from_secs(10), subacked_rx.recv()).await.expect("suback in time");
         }
-        TestClient {
-            client,
-            rx,
-            seen: Vec::new(),
-        }
+        TestClient { client, rx, seen: Vec::new() }
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload.into())
-            .await
-            .unwrap();
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
     }
 
-    pub async fn publish_qos(
-        &self,
-        topic: &str,
-        payload: impl Into<Bytes>,
-        qos: QoS,
-        retain: bool,
-    ) {
-        self.client
-            .publish(topic, qos, retain, payload.into())
-            .await
-            .unwrap();
+    pub async fn publish_qos(&self, topic: &str, payload: impl Into<Bytes>, qos: QoS, retain: bool) {
+        self.client.publish(topic, qos, retain, payload.into()).await.unwrap();
     }
 
-    pub async fn publish_request(
-        &self,
-        topic: &str,
-        payload: &str,
-        response_topic: &str,
-        correlation: &[u8],
-    ) {
+    pub async fn publish_request(&self, topic: &str, payload: &str, response_topic: &str, correlation: &[u8]) {
         let props = PublishProperties {
             response_topic: Some(response_topic.into()),
             correlation_data: Some(Bytes::copy_from_slice(correlation)),
             ..Default::default()
         };
-        self.client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_owned(), props)
-            .await
-            .unwrap();
+        self.client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_owned(), props).await.unwrap();
     }
 
     fn drain(&mut self) {
@@ -133,12 +101,7 @@ impl TestClient {
 
     /// Waits for the first message (already seen or new) on `topic` matching
     /// `pred`, takes it and returns it; panics after `timeout`.
-    pub async fn expect(
-        &mut self,
-        topic: &str,
-        timeout: Duration,
-        pred: impl Fn(&Message) -> bool,
-    ) -> Message {
+    pub async fn expect(&mut self, topic: &str, timeout: Duration, pred: impl Fn(&Message) -> bool) -> Message {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain();
@@ -150,20 +113,30 @@ impl TestClient {
                 Ok(None) => panic!("client closed"),
                 Err(_) => panic!(
                     "timed out waiting for a message on {topic}; saw: {:?}",
-                    self.seen
-                        .iter()
-                        .map(|m| (&m.topic, String::from_utf8_lossy(&m.payload)))
-                        .collect::<Vec<_>>()
+                    self.seen.iter().map(|m| (&m.topic, String::from_utf8_lossy(&m.payload))).collect::<Vec<_>>()
                 ),
             }
         }
     }
 
+    /// Publishes `payload` on `<prefix>/call/<domain>/<service>` (QoS 1) and
+    /// returns the result, e.g. `call("light.turn_on", r#"{"entity_id":…}"#)`.
+    pub async fn call(&mut self, service: &str, payload: impl Into<Bytes>) -> Value {
+        let path = service.replacen('.', "/", 1);
+        self.publish(&format!("{PREFIX}/call/{path}"), payload).await;
+        self.result(&format!("{PREFIX}/result/{path}")).await
+    }
+
+    /// Publishes `payload` on `<prefix>/set/<domain>/<object_id>` and returns
+    /// the result published for `result_service` (`light.turn_on`…).
+    pub async fn set(&mut self, entity: &str, payload: impl Into<Bytes>, result_service: &str) -> Value {
+        self.publish(&format!("{PREFIX}/set/{}", entity.replacen('.', "/", 1)), payload).await;
+        self.result(&format!("{PREFIX}/result/{}", result_service.replacen('.', "/", 1))).await
+    }
+
     /// The next result on `topic` (a JSON object).
     pub async fn result(&mut self, topic: &str) -> Value {
-        self.expect(topic, Duration::from_secs(10), |_| true)
-            .await
-            .json()
+        self.expect(topic, Duration::from_secs(10), |_| true).await.json()
     }
 
     /// Collects messages on topics starting with `prefix` until `n` arrived.
@@ -171,16 +144,9 @@ impl TestClient {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain();
-            let count = self
-                .seen
-                .iter()
-                .filter(|m| m.topic.starts_with(prefix))
-                .count();
+            let count = self.seen.iter().filter(|m| m.topic.starts_with(prefix)).count();
             if count >= n {
-                let (taken, rest): (Vec<_>, Vec<_>) = self
-                    .seen
-                    .drain(..)
-                    .partition(|m| m.topic.starts_with(prefix));
+                let (taken, rest): (Vec<_>, Vec<_>) = self.seen.drain(..).partition(|m| m.topic.starts_with(prefix));
                 self.seen = rest;
                 return taken;
             }

@@ -37,11 +37,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn status(status: u16) -> Self {
-        Self {
-            status,
-            delay: Duration::ZERO,
-            retry_after: None,
-        }
+        Self { status, delay: Duration::ZERO, retry_after: None }
     }
 }
 
@@ -64,17 +60,10 @@ pub struct FakeHa {
 
 impl FakeHa {
     pub async fn start(token: &str) -> FakeHa {
-        let inner = Arc::new(Mutex::new(Inner {
-            token: token.into(),
-            ..Default::default()
-        }));
+        let inner = Arc::new(Mutex::new(Inner { token: token.into(), ..Default::default() }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let ha = FakeHa {
-            addr,
-            inner,
-            changed: Arc::new(tokio::sync::Notify::new()),
-        };
+        let ha = FakeHa { addr, inner, changed: Arc::new(tokio::sync::Notify::new()) };
         let app = Router::new()
             .route("/api/", get(api_root))
             .route("/api/services/{domain}/{service}", post(service))
@@ -116,12 +105,7 @@ impl FakeHa {
     }
 
     /// Waits until `pred(calls)` holds, or panics after `timeout`.
-    pub async fn wait_calls(
-        &self,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&[Call]) -> bool,
-    ) -> Vec<Call> {
+    pub async fn wait_calls(&self, timeout: Duration, what: &str, pred: impl Fn(&[Call]) -> bool) -> Vec<Call> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -132,21 +116,14 @@ impl FakeHa {
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "timed out waiting for {what}; fake HA saw {} calls",
-                    self.calls().len()
-                );
+                panic!("timed out waiting for {what}; fake HA saw {} calls", self.calls().len());
             }
         }
     }
 
     fn authorized(&self, headers: &HeaderMap) -> (bool, Option<String>) {
-        let auth = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let ok = auth.as_deref()
-            == Some(format!("Bearer {}", self.inner.lock().unwrap().token).as_str());
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let ok = auth.as_deref() == Some(format!("Bearer {}", self.inner.lock().unwrap().token).as_str());
         if !ok {
             self.inner.lock().unwrap().unauthorized += 1;
         }
@@ -171,11 +148,7 @@ async fn service(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (reply, delay) = {
         let mut inner = ha.inner.lock().unwrap();
-        let reply = if ok {
-            inner.script.pop_front()
-        } else {
-            Some(Reply::status(401))
-        };
+        let reply = if ok { inner.script.pop_front() } else { Some(Reply::status(401)) };
         (reply, inner.delay)
     };
     let delay = reply.as_ref().map_or(delay, |r| r.delay.max(delay));
@@ -196,14 +169,9 @@ async fn service(
     ha.inner.lock().unwrap().in_flight -= 1;
     match reply {
         Some(r) if r.status != 200 => {
-            let mut resp = (
-                StatusCode::from_u16(r.status).unwrap(),
-                format!("{}: scripted", r.status),
-            )
-                .into_response();
+            let mut resp = (StatusCode::from_u16(r.status).unwrap(), format!("{}: scripted", r.status)).into_response();
             if let Some(s) = r.retry_after {
-                resp.headers_mut()
-                    .insert("retry-after", s.to_string().parse().unwrap());
+                resp.headers_mut().insert("retry-after", s.to_string().parse().unwrap());
             }
             resp
         }
@@ -215,10 +183,7 @@ async fn service(
 fn changed_states(domain: &str, service: &str, body: &Value) -> Value {
     let ids: Vec<String> = match body.get("entity_id") {
         Some(Value::String(s)) => s.split(',').map(|s| s.trim().to_owned()).collect(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
         _ => vec![],
     };
     let state = if service == "turn_off" { "off" } else { "on" };

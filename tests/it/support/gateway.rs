@@ -61,14 +61,10 @@ impl Gateway {
     /// Starts the gateway from `config_file` with `overrides` as
     /// `MQTT_HA_GATEWAY_*` variables (e.g. `("QUEUE__CAPACITY", "5")`).
     pub async fn start(config_file: &Path, overrides: &[(&str, &str)]) -> Gateway {
-        let vars = overrides
-            .iter()
-            .map(|(k, v)| (format!("{}{k}", config::ENV_PREFIX), v.to_string()));
+        let vars = overrides.iter().map(|(k, v)| (format!("{}{k}", config::ENV_PREFIX), v.to_string()));
         let config = config::load(config_file, true, vars).unwrap_or_else(|e| panic!("{e}"));
         let shutdown = CancellationToken::new();
-        let running = app::start(config, shutdown.clone())
-            .await
-            .expect("gateway starts");
+        let running = app::start(config, shutdown.clone()).await.expect("gateway starts");
         Gateway {
             metrics_addr: running.metrics_addr,
             metrics: running.metrics.clone(),
@@ -81,9 +77,7 @@ impl Gateway {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(r) = self.running.take() {
-            tokio::time::timeout(Duration::from_secs(30), r.wait())
-                .await
-                .expect("gateway stops within 30 s");
+            tokio::time::timeout(Duration::from_secs(30), r.wait()).await.expect("gateway stops within 30 s");
         }
     }
 
@@ -94,22 +88,14 @@ impl Gateway {
     }
 
     /// Waits until `pred(metric(sample))`; panics after `timeout`.
-    pub async fn wait_metric(
-        &self,
-        sample: &str,
-        timeout: Duration,
-        pred: impl Fn(f64) -> bool,
-    ) -> f64 {
+    pub async fn wait_metric(&self, sample: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.metric(sample);
             if pred(v) {
                 return v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting on {sample} (now {v})"
-            );
+            assert!(Instant::now() < deadline, "timed out waiting on {sample} (now {v})");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -127,9 +113,7 @@ impl Drop for Gateway {
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let r = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .expect("metrics server answers");
+    let r = reqwest::get(format!("http://{addr}{path}")).await.expect("metrics server answers");
     (r.status().as_u16(), r.text().await.unwrap())
 }
 

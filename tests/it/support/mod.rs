@@ -38,23 +38,11 @@ pub async fn setup(test: &str, overrides: &[(&str, &str)]) -> Option<Env> {
     let client = TestClient::connect(
         broker.port,
         &format!("tester-{test}"),
-        &[
-            &format!("{PREFIX}/result/#"),
-            &format!("{PREFIX}/state/#"),
-            &format!("{PREFIX}/status"),
-            "reply/#",
-        ],
+        &[&format!("{PREFIX}/result/#"), &format!("{PREFIX}/state/#"), &format!("{PREFIX}/status"), "reply/#"],
     )
     .await;
     let gateway = Gateway::start(&config, overrides).await;
-    Some(Env {
-        broker,
-        ha,
-        client,
-        gateway,
-        _dir: dir,
-        token_file,
-    })
+    Some(Env { broker, ha, client, gateway, _dir: dir, token_file })
 }
 
 impl Env {
@@ -62,11 +50,7 @@ impl Env {
     /// subscribing, and the broker handles our subscribe first.
     pub async fn wait_online(&mut self) {
         self.client
-            .expect(
-                &format!("{PREFIX}/status"),
-                std::time::Duration::from_secs(10),
-                |m| &m.payload[..] == b"online",
-            )
+            .expect(&format!("{PREFIX}/status"), std::time::Duration::from_secs(10), |m| &m.payload[..] == b"online")
             .await;
         // The SUBSCRIBE was queued before the online publish on one connection,
         // so the broker has processed it once "online" is delivered.
