@@ -23,21 +23,7 @@ pub enum PolicyError {
 impl AccessPolicy {
     /// Compiles `domain.service` globs (`light.*`, `scene.turn_on`, `*`).
     pub fn new(patterns: &[String]) -> Result<Self, PolicyError> {
-        let mut builder = GlobSetBuilder::new();
-        for pattern in patterns {
-            let bad = |reason: &str| PolicyError::BadPattern { pattern: pattern.clone(), reason: reason.into() };
-            if pattern != "*" && !pattern.contains('.') {
-                return Err(bad("expected domain.service, e.g. light.turn_on or light.*"));
-            }
-            if pattern.chars().any(|c| c.is_ascii_uppercase() || c == '/') {
-                return Err(bad("domains and services are lowercase and contain no '/'"));
-            }
-            let glob = Glob::new(pattern).map_err(|e| bad(&e.kind().to_string()))?;
-            builder.add(glob);
-        }
-        let services = builder
-            .build()
-            .map_err(|e| PolicyError::BadPattern { pattern: patterns.join(", "), reason: e.to_string() })?;
+        let services = dotted_globs(patterns, "domain.service, e.g. light.turn_on or light.*")?;
         Ok(Self { services, patterns: patterns.to_vec() })
     }
 
@@ -53,6 +39,23 @@ impl AccessPolicy {
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }
+}
+
+/// Compiles globs over dotted HA names (`domain.service`, `domain.object_id`):
+/// lowercase, a dot unless the pattern is `*`, no `/`.
+pub fn dotted_globs(patterns: &[String], expected: &str) -> Result<GlobSet, PolicyError> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let bad = |reason: &str| PolicyError::BadPattern { pattern: pattern.clone(), reason: reason.into() };
+        if pattern != "*" && !pattern.contains('.') {
+            return Err(bad(&format!("expected {expected}")));
+        }
+        if pattern.chars().any(|c| c.is_ascii_uppercase() || c == '/') {
+            return Err(bad("names are lowercase and contain no '/'"));
+        }
+        builder.add(Glob::new(pattern).map_err(|e| bad(&e.kind().to_string()))?);
+    }
+    builder.build().map_err(|e| PolicyError::BadPattern { pattern: patterns.join(", "), reason: e.to_string() })
 }
 
 #[cfg(test)]

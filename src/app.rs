@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +23,7 @@ use crate::ha::{token_channel, watch_token, AuthGate, HaClient};
 use crate::http::{self, HttpState};
 use crate::ingress::{self, Ingress, Outputs};
 use crate::metrics::{Health, Metrics};
+use crate::mirror::{tls_config, Mirror, StateOptions, StateOut};
 use crate::publisher::{Publisher, Report};
 use crate::queue::{Dispatcher, Executor, RateLimiter, Slots};
 
@@ -42,6 +43,8 @@ pub enum StartError {
     HaClient(#[from] crate::ha::ClientBuildError),
     #[error(transparent)]
     Mqtt(#[from] ingress::MqttSetupError),
+    #[error("home assistant websocket tls: {0}")]
+    Tls(String),
 }
 
 /// A started gateway.
@@ -88,6 +91,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tracing::info!(broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), client_id = %config.mqtt.client_id, "connecting to the mqtt broker");
 
     let tracker = Arc::new(Mutex::new(AckTracker::default()));
+    let (connections_tx, connections_rx) = watch::channel(0u64);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (report_tx, report_rx) = mpsc::unbounded_channel::<Report>();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -108,16 +112,34 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let dispatcher = Dispatcher { executor, concurrency: config.queue.concurrency };
     let pipeline = TaskTracker::new();
     pipeline.spawn(dispatcher.run(cmd_rx, report_tx.clone()));
-    pipeline.spawn(
-        Publisher::new(client.clone(), config.mqtt.prefix.clone(), metrics.clone(), Arc::clone(&slots), ack_tx.clone())
-            .run(report_rx),
+    let state_options = StateOptions {
+        attributes: config.state.attributes,
+        attribute_topics: config.state.attribute_topics,
+        timestamps: config.state.timestamps,
+    };
+    let states = Arc::new(StateOut::new(
+        client.clone(),
+        config.mqtt.prefix.clone(),
+        state_options,
+        config.state.filter.clone(),
+        metrics.clone(),
+    ));
+    let publisher = Publisher::new(
+        client.clone(),
+        config.mqtt.prefix.clone(),
+        Arc::clone(&states),
+        metrics.clone(),
+        Arc::clone(&slots),
+        ack_tx.clone(),
     );
+    pipeline.spawn(publisher.run(report_rx));
     pipeline.spawn(
         Acker { tracker: Arc::clone(&tracker), client: client.clone(), pending: metrics.acks_pending.clone() }
             .run(ack_rx),
     );
     pipeline.close();
 
+    let mirror_client = client.clone();
     let ingress = Ingress {
         client,
         eventloop,
@@ -128,11 +150,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         health: Arc::clone(&health),
         slots: Arc::clone(&slots),
         overflow: Default::default(),
+        state_filter: config.state.filter.clone(),
+        connections: connections_tx,
         max_age: config.queue.max_age,
     };
     let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };
     tasks.spawn(ingress.run(outputs, shutdown.clone(), stop_polling.clone()));
     tasks.spawn(watch_token(config.home_assistant.token.clone(), token_tx, Arc::clone(&reload), shutdown.clone()));
+    let websocket_url = config.home_assistant.websocket_url.clone().unwrap_or_else(|| ha.websocket_url());
+    let tls = match websocket_url.scheme() {
+        "wss" => Some(tls_config(config.home_assistant.ca_file.as_deref()).map_err(StartError::Tls)?),
+        _ => None,
+    };
+    let mirror = Mirror {
+        ha: ha.clone(),
+        url: websocket_url,
+        tls,
+        out: states,
+        client: mirror_client,
+        prefix: config.mqtt.prefix.clone(),
+        metrics: metrics.clone(),
+        backoff: config.home_assistant.retry,
+        mqtt_connections: connections_rx,
+    };
+    tasks.spawn(mirror.run(shutdown.clone()));
     tasks.spawn(probe_ha(ha, Arc::clone(&health), metrics.clone(), shutdown.clone()));
     let http_state = HttpState { metrics: metrics.clone(), health, slots: Arc::clone(&slots) };
     let http_stop = CancellationToken::new();

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::topic::Slug;
+use crate::topic::{EntityId, Slug};
 
 /// A Home Assistant service call: `POST /api/services/<domain>/<service>`
 /// with `data` as the JSON body.
@@ -76,6 +76,47 @@ impl ServiceCall {
         ) || service.starts_with("set_")
             || service.starts_with("select_");
         safe_service && !NEVER.contains(&self.domain.as_str()) && !STEPS.iter().any(|k| self.data.contains_key(*k))
+    }
+}
+
+/// What a command asks Home Assistant for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `<prefix>/call/…` and `<prefix>/set/…`: a service call.
+    Call(ServiceCall),
+    /// `<prefix>/get/…`: read one entity's current state.
+    Get(EntityId),
+}
+
+impl Action {
+    /// Keys that serialise this action against others (a get waits for the
+    /// calls before it on the same entity, so it sees their effect).
+    pub fn order_keys(&self) -> Vec<String> {
+        match self {
+            Self::Call(call) => call.order_keys(),
+            Self::Get(entity) => vec![entity.to_string()],
+        }
+    }
+
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            Self::Call(call) => call.is_idempotent(),
+            Self::Get(_) => true,
+        }
+    }
+
+    /// `domain.service` (`light.get` for a get), for logs.
+    pub fn name(&self) -> String {
+        let (domain, service) = self.result_service();
+        format!("{domain}.{service}")
+    }
+
+    /// The `<domain>/<service>` of the result topic.
+    pub fn result_service(&self) -> (Slug, Slug) {
+        match self {
+            Self::Call(call) => (call.domain.clone(), call.service.clone()),
+            Self::Get(entity) => (entity.domain.clone(), Slug::parse("get").expect("get is a valid slug")),
+        }
     }
 }
 
@@ -192,7 +233,7 @@ impl Outcome {
 pub struct Command {
     /// Arrival sequence number (also the acknowledgement handle).
     pub seq: u64,
-    pub call: ServiceCall,
+    pub action: Action,
     pub reply: ReplyTo,
     pub received_at: Instant,
     /// Not executed after this instant (`queue.max_age`, MQTT 5 message expiry).

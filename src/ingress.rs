@@ -17,15 +17,16 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use secrecy::ExposeSecret;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessPolicy;
 use crate::ack::{fingerprint, AckMsg, AckTracker, Registration};
-use crate::command::{Command, ErrorCode, Outcome, ReplyTo};
+use crate::command::{Action, Command, ErrorCode, Outcome, ReplyTo};
 use crate::config::MqttConfig;
 use crate::metrics::{Health, Metrics};
+use crate::mirror::StateFilter;
 use crate::publisher::Report;
 use crate::queue::Slots;
 use crate::topic::CommandTopic;
@@ -127,6 +128,10 @@ pub struct Ingress {
     pub slots: Arc<Slots>,
     /// QoS 1 commands received beyond the queue's capacity, in order.
     pub overflow: VecDeque<Parked>,
+    /// `[state] exclude` also refuses gets.
+    pub state_filter: StateFilter,
+    /// Counts broker connections, so the mirror can republish after one.
+    pub connections: watch::Sender<u64>,
     pub max_age: Duration,
 }
 
@@ -199,6 +204,7 @@ impl Ingress {
 
     fn on_connack(&mut self, session_present: bool, reconnect: bool) {
         self.set_connected(true);
+        self.connections.send_modify(|n| *n += 1);
         if reconnect {
             self.metrics.mqtt_reconnects.inc();
         }
@@ -208,18 +214,20 @@ impl Ingress {
             "connected to the mqtt broker"
         );
         self.tracker.lock().expect("ack tracker lock is never poisoned").reconnected(session_present);
-        if !session_present {
-            let filters = self.config.prefix.command_filters().map(|path| Filter {
-                path,
-                qos: QoS::AtLeastOnce,
-                nolocal: true,
-                // Retain As Published: a retained command keeps its flag so we can ignore it.
-                preserve_retain: true,
-                retain_forward_rule: RetainForwardRule::OnEverySubscribe,
-            });
-            if let Err(e) = self.client.try_subscribe_many(filters) {
-                tracing::error!(error = %e, "could not subscribe");
-            }
+        // Subscribe on every ConnAck, not only without a session: a kept
+        // session may lack them (a crash between CONNECT and SUBSCRIBE, a new
+        // topic prefix). Re-subscribing an existing filter is harmless, and
+        // Retain Handling 1 sends retained messages only for new ones.
+        let filters = self.config.prefix.command_filters().map(|path| Filter {
+            path,
+            qos: QoS::AtLeastOnce,
+            nolocal: true,
+            // Retain As Published: a retained command keeps its flag so we can ignore it.
+            preserve_retain: true,
+            retain_forward_rule: RetainForwardRule::OnNewSubscribe,
+        });
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            tracing::error!(error = %e, "could not subscribe");
         }
         if let Err(e) = self.client.try_publish(self.config.prefix.status(), QoS::AtLeastOnce, true, "online") {
             tracing::warn!(error = %e, "could not publish online status");
@@ -282,6 +290,7 @@ impl Ingress {
         let kind = match &parsed {
             Ok(CommandTopic::Call { .. }) => "call",
             Ok(CommandTopic::Set(_)) => "set",
+            Ok(CommandTopic::Get(_)) => "get",
             Err(_) => "other",
         };
         self.metrics.messages_received.with_label_values(&[kind]).inc();
@@ -300,6 +309,7 @@ impl Ingress {
             outcome: Outcome::failed(code, None, detail),
             received_at,
             held: false,
+            get: false,
         };
         if publish.retain {
             let _ = out.reports.send(reject(
@@ -326,16 +336,22 @@ impl Ingress {
             }
         };
         reply.correlation = translated.correlation;
-        let call = translated.call;
+        let action = translated.action;
         // The result topic names the service actually called (set → turn_on…).
-        let service = Some((call.domain.clone(), call.service.clone()));
-        if let Err(code) = self.access.check(&call) {
-            let _ = out.reports.send(reject(
-                code,
-                service,
-                reply,
-                format!("{} is not in access.allow_services", call.name()),
-            ));
+        let service = Some(action.result_service());
+        let denied = match &action {
+            Action::Call(call) => self
+                .access
+                .check(call)
+                .err()
+                .map(|code| (code, format!("{} is not in access.allow_services", call.name()))),
+            Action::Get(entity) => self
+                .state_filter
+                .excluded(&entity.to_string())
+                .then(|| (ErrorCode::EntityDenied, format!("{entity} is in state.exclude"))),
+        };
+        if let Some((code, detail)) = denied {
+            let _ = out.reports.send(reject(code, service, reply, detail));
             return;
         }
         let Some(held) = self.slots.try_take() else {
@@ -350,7 +366,7 @@ impl Ingress {
         };
         self.metrics.queue_depth.set(held as i64);
         let max_age = expiry.map_or(self.max_age, |e| e.min(self.max_age));
-        let command = Command { seq, call, reply, received_at, deadline: received_at + max_age };
+        let command = Command { seq, action, reply, received_at, deadline: received_at + max_age };
         if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
             // Only at shutdown: leave it unacked for the next session.
             self.slots.release();
@@ -382,6 +398,7 @@ fn parsed_service(
         Ok(CommandTopic::Set(entity)) => {
             Some((entity.domain.clone(), crate::topic::Slug::parse("set").expect("valid slug")))
         }
+        Ok(CommandTopic::Get(entity)) => Some(Action::Get(entity.clone()).result_service()),
         Err(_) => None,
     }
 }

@@ -8,7 +8,8 @@
 //! - [`topic`], [`translate`], [`access`]: pure parsing, payload rules, policy.
 //! - [`queue`]: per-entity order, concurrency, rate limit, expiry, retries.
 //! - [`ha`]: the Home Assistant REST client and its token gate.
-//! - [`publisher`]: results and changed states back to MQTT; frees slots.
+//! - [`publisher`]: results back to MQTT; frees slots.
+//! - [`mirror`]: HA's states, live, as retained MQTT messages (websocket).
 //! - [`ack`]: PUBACKs in arrival order once outcomes are final.
 //! - [`metrics`], [`http`]: Prometheus metrics and health endpoints.
 //! - [`app`]: wiring and shutdown; the only module that knows all others.
@@ -24,6 +25,7 @@ pub mod ha;
 pub mod http;
 pub mod ingress;
 pub mod metrics;
+pub mod mirror;
 pub mod publisher;
 pub mod queue;
 pub mod topic;

@@ -17,7 +17,7 @@ pub const PREFIX: &str = "mqtt_ha_gateway";
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Messages received on command topics, by `kind` (call, set, other).
+    /// Messages received on command topics, by `kind` (call, set, get, other).
     pub messages_received: IntCounterVec,
     /// Commands by final `outcome` (done, rejected, failed, expired, ignored) and `reason`.
     pub commands: IntCounterVec,
@@ -36,6 +36,10 @@ pub struct Metrics {
     pub mqtt_connected: IntGauge,
     pub mqtt_reconnects: IntCounter,
     pub ha_up: IntGauge,
+    pub ha_websocket_connected: IntGauge,
+    /// Entities whose state the gateway publishes.
+    pub mirrored_entities: IntGauge,
+    pub state_publishes: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -92,6 +96,17 @@ impl Metrics {
             mqtt_connected: gauge(&r, "mqtt_connected", "1 while connected to the broker"),
             mqtt_reconnects: counter(&r, "mqtt_reconnects_total", "Connections to the broker after the first"),
             ha_up: gauge(&r, "ha_up", "1 while Home Assistant answers and accepts the token"),
+            ha_websocket_connected: gauge(
+                &r,
+                "ha_websocket_connected",
+                "1 while the Home Assistant websocket is connected and subscribed",
+            ),
+            mirrored_entities: gauge(&r, "mirrored_entities", "Entities whose state is published to MQTT"),
+            state_publishes: counter(
+                &r,
+                "state_publishes_total",
+                "Retained state messages published (including clears)",
+            ),
             registry: r,
         };
         for code in ErrorCode::ALL {
@@ -102,7 +117,7 @@ impl Metrics {
             }
         }
         m.commands.with_label_values(&["done", ""]);
-        for kind in ["call", "set", "other"] {
+        for kind in ["call", "set", "get", "other"] {
             m.messages_received.with_label_values(&[kind]);
         }
         m

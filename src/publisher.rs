@@ -20,8 +20,9 @@ use tokio::time::Instant;
 use crate::ack::AckMsg;
 use crate::command::{ErrorCode, Outcome, ReplyTo};
 use crate::metrics::Metrics;
+use crate::mirror::StateOut;
 use crate::queue::Slots;
-use crate::topic::{EntityId, Slug, TopicPrefix};
+use crate::topic::{Slug, TopicPrefix};
 
 /// A command at its final outcome.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub struct Report {
     pub received_at: Instant,
     /// Whether it held a queue slot.
     pub held: bool,
+    /// A get: its state is the answer, no result unless it failed.
+    pub get: bool,
 }
 
 /// The result payload of the contract.
@@ -60,21 +63,10 @@ pub fn result_payload(report: &Report) -> Value {
     Value::Object(m)
 }
 
-/// The retained state payload of one HA state object, and its topic.
-pub fn state_message(prefix: &TopicPrefix, state: &Value) -> Option<(String, Value)> {
-    let entity = EntityId::parse(state.get("entity_id")?.as_str()?)?;
-    let payload = json!({
-        "state": state.get("state").cloned().unwrap_or(Value::Null),
-        "attributes": state.get("attributes").cloned().unwrap_or_else(|| json!({})),
-        "last_changed": state.get("last_changed").cloned().unwrap_or(Value::Null),
-        "last_updated": state.get("last_updated").cloned().unwrap_or(Value::Null),
-    });
-    Some((prefix.state(&entity), payload))
-}
-
 pub struct Publisher {
     pub client: AsyncClient,
     pub prefix: TopicPrefix,
+    pub states: Arc<StateOut>,
     pub metrics: Metrics,
     /// Queue slots; shared with admission.
     pub slots: Arc<Slots>,
@@ -89,11 +81,12 @@ impl Publisher {
     pub fn new(
         client: AsyncClient,
         prefix: TopicPrefix,
+        states: Arc<StateOut>,
         metrics: Metrics,
         slots: Arc<Slots>,
         acks: mpsc::UnboundedSender<AckMsg>,
     ) -> Self {
-        Self { client, prefix, metrics, slots, acks, warned: HashMap::new() }
+        Self { client, prefix, states, metrics, slots, acks, warned: HashMap::new() }
     }
 
     /// Runs until every sender of `input` is gone.
@@ -116,10 +109,20 @@ impl Publisher {
             // Not final: unacked, so the broker redelivers it to the next session.
             return;
         }
-        self.publish_result(&report).await;
-        for state in &report.outcome.changed {
-            if let Some((topic, payload)) = state_message(&self.prefix, state) {
-                self.publish(topic, true, payload.to_string().into_bytes(), None).await;
+        match (report.get, report.outcome.changed.first()) {
+            (true, Some(state)) if report.outcome.ok() => {
+                // A get answers with the state itself, published even if unchanged.
+                self.states.touched(state, true).await;
+                if let Some(topic) = &report.reply.response_topic {
+                    let payload = self.states.payload(state);
+                    self.publish(topic.clone(), false, payload, Some(self.reply_properties(&report))).await;
+                }
+            }
+            _ => {
+                self.publish_result(&report).await;
+                for state in &report.outcome.changed {
+                    self.states.touched(state, false).await;
+                }
             }
         }
         let _ = self.acks.send(AckMsg::Complete(report.seq));
@@ -132,11 +135,13 @@ impl Publisher {
             None => self.prefix.invalid_result(),
         };
         if let Some(response_topic) = &report.reply.response_topic {
-            let properties =
-                PublishProperties { correlation_data: report.reply.correlation_data.clone(), ..Default::default() };
-            self.publish(response_topic.clone(), false, payload.clone(), Some(properties)).await;
+            self.publish(response_topic.clone(), false, payload.clone(), Some(self.reply_properties(report))).await;
         }
         self.publish(topic, false, payload, None).await;
+    }
+
+    fn reply_properties(&self, report: &Report) -> PublishProperties {
+        PublishProperties { correlation_data: report.reply.correlation_data.clone(), ..Default::default() }
     }
 
     async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>, properties: Option<PublishProperties>) {
@@ -192,6 +197,7 @@ mod tests {
             outcome,
             received_at: Instant::now(),
             held: true,
+            get: false,
         }
     }
 
@@ -208,21 +214,5 @@ mod tests {
             result_payload(&invalid),
             json!({"ok":false,"changed":[],"error":"invalid_topic","topic":"ha-gateway/call/Light/x"})
         );
-    }
-
-    #[test]
-    fn state_messages_use_the_state_topic() {
-        let prefix = TopicPrefix::new("gw").unwrap();
-        let (topic, payload) = state_message(
-            &prefix,
-            &json!({"entity_id":"light.a","state":"on","attributes":{"brightness":3},"last_changed":"t1","last_updated":"t2","context":{}}),
-        )
-        .unwrap();
-        assert_eq!(topic, "gw/state/light/a");
-        assert_eq!(
-            payload,
-            json!({"state":"on","attributes":{"brightness":3},"last_changed":"t1","last_updated":"t2"})
-        );
-        assert!(state_message(&prefix, &json!({"entity_id":"Bad.ID"})).is_none());
     }
 }

@@ -76,12 +76,17 @@ impl TopicPrefix {
     }
 
     /// The subscriptions of the command path.
-    pub fn command_filters(&self) -> [String; 2] {
-        [format!("{}/call/+/+", self.0), format!("{}/set/+/+", self.0)]
+    pub fn command_filters(&self) -> [String; 3] {
+        [format!("{}/call/+/+", self.0), format!("{}/set/+/+", self.0), format!("{}/get/+/+", self.0)]
     }
 
     pub fn status(&self) -> String {
         format!("{}/status", self.0)
+    }
+
+    /// Whether the gateway reaches Home Assistant (`online`/`offline`, retained).
+    pub fn ha_status(&self) -> String {
+        format!("{}/ha_status", self.0)
     }
 
     pub fn result(&self, domain: &Slug, service: &Slug) -> String {
@@ -110,6 +115,7 @@ impl TopicPrefix {
         match kind {
             "call" => Ok(CommandTopic::Call { domain: a, service: b }),
             "set" => Ok(CommandTopic::Set(EntityId { domain: a, object_id: b })),
+            "get" => Ok(CommandTopic::Get(EntityId { domain: a, object_id: b })),
             _ => Err(TopicError::Shape),
         }
     }
@@ -122,13 +128,15 @@ pub enum CommandTopic {
     Call { domain: Slug, service: Slug },
     /// `<prefix>/set/<domain>/<object_id>`
     Set(EntityId),
+    /// `<prefix>/get/<domain>/<object_id>`
+    Get(EntityId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
     #[error("topic is not under the gateway's prefix")]
     NotOurs,
-    #[error("topic must be <prefix>/call/<domain>/<service> or <prefix>/set/<domain>/<object_id>")]
+    #[error("topic must be <prefix>/call/<domain>/<service> or <prefix>/set|get/<domain>/<object_id>")]
     Shape,
     #[error("domain, service and object id must be lowercase a-z, 0-9 and single inner underscores")]
     BadSegment,
@@ -169,7 +177,7 @@ mod tests {
     #[test]
     fn command_topics_parse_or_fail_with_a_reason() {
         let p = TopicPrefix::new("ha-gateway").unwrap();
-        let table: [(&str, Result<CommandTopic, TopicError>); 10] = [
+        let table: [(&str, Result<CommandTopic, TopicError>); 11] = [
             ("ha-gateway/call/light/turn_on", Ok(CommandTopic::Call { domain: s("light"), service: s("turn_on") })),
             (
                 "ha-gateway/set/switch/fan_plug",
@@ -180,7 +188,11 @@ mod tests {
             ("ha-gateway/call/light/", Err(TopicError::BadSegment)),
             ("ha-gateway/call/../turn_on", Err(TopicError::BadSegment)),
             ("ha-gateway/call/light/Turn_On", Err(TopicError::BadSegment)),
-            ("ha-gateway/get/light/kitchen", Err(TopicError::Shape)),
+            (
+                "ha-gateway/get/light/kitchen",
+                Ok(CommandTopic::Get(EntityId { domain: s("light"), object_id: s("kitchen") })),
+            ),
+            ("ha-gateway/put/light/kitchen", Err(TopicError::Shape)),
             ("ha-gatewayx/call/light/turn_on", Err(TopicError::NotOurs)),
             ("other/call/light/turn_on", Err(TopicError::NotOurs)),
         ];
@@ -193,7 +205,10 @@ mod tests {
     fn prefixes_with_levels_work_and_bad_ones_are_refused() {
         let p = TopicPrefix::new("home/gw").unwrap();
         assert!(p.parse_command("home/gw/call/scene/turn_on").is_ok());
-        assert_eq!(p.command_filters(), ["home/gw/call/+/+".to_owned(), "home/gw/set/+/+".to_owned()]);
+        assert_eq!(
+            p.command_filters().map(|f| f.to_string()),
+            ["home/gw/call/+/+", "home/gw/set/+/+", "home/gw/get/+/+"]
+        );
         for bad in ["", "a/+", "#", "/a", "a/", "a//b"] {
             assert_eq!(TopicPrefix::new(bad), Err(InvalidPrefix), "{bad:?}");
         }

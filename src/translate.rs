@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::command::{ErrorCode, ServiceCall};
+use crate::command::{Action, ErrorCode, ServiceCall};
 use crate::topic::{CommandTopic, EntityId, Slug};
 
 /// Largest payload accepted, in bytes.
@@ -17,7 +17,7 @@ pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// A payload that could be read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Translated {
-    pub call: ServiceCall,
+    pub action: Action,
     pub correlation: Option<Value>,
 }
 
@@ -45,13 +45,21 @@ pub fn translate(topic: &CommandTopic, payload: &[u8]) -> Result<Translated, Ref
     match topic {
         CommandTopic::Call { domain, service } => call(domain, service, payload),
         CommandTopic::Set(entity) => set(entity, payload),
+        // Any payload asks for the state; a JSON object may carry a correlation.
+        CommandTopic::Get(entity) => Ok(Translated {
+            action: Action::Get(entity.clone()),
+            correlation: serde_json::from_slice::<Map<String, Value>>(payload)
+                .ok()
+                .and_then(|mut m| m.remove("correlation")),
+        }),
     }
 }
 
 fn call(domain: &Slug, service: &Slug, payload: &[u8]) -> Result<Translated, Refused> {
     let mut data = if payload.iter().all(u8::is_ascii_whitespace) { Map::new() } else { parse_object(payload)? };
     let correlation = data.remove("correlation");
-    Ok(Translated { call: ServiceCall { domain: domain.clone(), service: service.clone(), data }, correlation })
+    let call = ServiceCall { domain: domain.clone(), service: service.clone(), data };
+    Ok(Translated { action: Action::Call(call), correlation })
 }
 
 fn set(entity: &EntityId, payload: &[u8]) -> Result<Translated, Refused> {
@@ -90,11 +98,11 @@ fn set(entity: &EntityId, payload: &[u8]) -> Result<Translated, Refused> {
     };
     data.insert("entity_id".into(), Value::String(entity.to_string()));
     Ok(Translated {
-        call: ServiceCall {
+        action: Action::Call(ServiceCall {
             domain: entity.domain.clone(),
             service: Slug::parse(service).expect("turn_on, turn_off and toggle are valid slugs"),
             data,
-        },
+        }),
         correlation,
     })
 }
@@ -129,8 +137,9 @@ mod tests {
         let got = translate(&topic, payload.as_bytes());
         match (got, expected) {
             (Ok(t), Ok((service, data, correlation))) => {
-                assert_eq!(t.call.name(), service, "{payload}");
-                assert_eq!(Value::Object(t.call.data), data, "{payload}");
+                let Action::Call(call) = t.action else { panic!("{payload}: not a call") };
+                assert_eq!(call.name(), service, "{payload}");
+                assert_eq!(Value::Object(call.data), data, "{payload}");
                 assert_eq!(t.correlation, correlation, "{payload}");
             }
             (Err(r), Err(code)) => assert_eq!(r.code, code, "{payload}: {}", r.detail),
@@ -188,13 +197,23 @@ mod tests {
     #[test]
     fn set_cannot_retarget_another_entity() {
         let got = translate(&set_topic("switch.plug"), br#"{"state":"ON","entity_id":"lock.front_door"}"#).unwrap();
-        assert_eq!(got.call.data["entity_id"], json!("switch.plug"));
+        let Action::Call(call) = got.action else { panic!() };
+        assert_eq!(call.data["entity_id"], json!("switch.plug"));
     }
 
     #[test]
     fn refused_keeps_the_correlation_when_it_can() {
         let r = translate(&set_topic("light.a"), br#"{"state":"DIM","correlation":5}"#).unwrap_err();
         assert_eq!((r.code, r.correlation), (ErrorCode::InvalidPayload, Some(json!(5))));
+    }
+
+    #[test]
+    fn get_takes_any_payload_and_keeps_a_correlation() {
+        let t = CommandTopic::Get(EntityId::parse("light.kitchen").unwrap());
+        let got = translate(&t, b"").unwrap();
+        assert_eq!(got.action, Action::Get(EntityId::parse("light.kitchen").unwrap()));
+        assert_eq!(translate(&t, b"please").unwrap().correlation, None);
+        assert_eq!(translate(&t, br#"{"correlation":"g1"}"#).unwrap().correlation, Some(json!("g1")));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub use raw::RawConfig;
 
 use crate::access::AccessPolicy;
 use crate::backoff::Backoff;
+use crate::mirror::StateFilter;
 use crate::topic::TopicPrefix;
 
 /// Prefix of the environment variables that override the file.
@@ -53,6 +54,7 @@ pub struct Config {
     pub home_assistant: HaConfig,
     pub queue: QueueConfig,
     pub access: AccessPolicy,
+    pub state: StateConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -81,6 +83,8 @@ pub struct HaConfig {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub ca_file: Option<PathBuf>,
+    /// `None`: derived from `url`.
+    pub websocket_url: Option<Url>,
     pub max_attempts: NonZeroU32,
     pub retry: Backoff,
     pub auth_backoff: Duration,
@@ -94,6 +98,14 @@ pub struct QueueConfig {
     pub burst: NonZeroU32,
     pub max_age: Duration,
     pub concurrency: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub filter: StateFilter,
+    pub attributes: bool,
+    pub attribute_topics: bool,
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -214,16 +226,17 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let home_assistant = v.home_assistant(raw.home_assistant);
     let queue = v.queue(raw.queue);
     let access = v.record("access.allow_services", AccessPolicy::new(&raw.access.allow_services));
+    let state = v.state(raw.state);
     let listen = v.record(
         "metrics.listen",
         raw.metrics.listen.parse::<SocketAddr>().map_err(|e| format!("{e} (expected ip:port)")),
     );
     let log = v.log(raw.log);
-    match (mqtt, home_assistant, queue, access, listen, log) {
-        (Some(mqtt), Some(home_assistant), Some(queue), Some(access), Some(listen), Some(log))
+    match (mqtt, home_assistant, queue, access, state, listen, log) {
+        (Some(mqtt), Some(home_assistant), Some(queue), Some(access), Some(state), Some(listen), Some(log))
             if v.errors.is_empty() =>
         {
-            Ok(Config { mqtt, home_assistant, queue, access, metrics: MetricsConfig { listen }, log })
+            Ok(Config { mqtt, home_assistant, queue, access, state, metrics: MetricsConfig { listen }, log })
         }
         _ => Err(ConfigErrors(v.errors)),
     }
@@ -383,6 +396,15 @@ impl Validator {
         let request_timeout = self.duration("home_assistant.request_timeout", &raw.request_timeout);
         let connect_timeout = self.duration("home_assistant.connect_timeout", &raw.connect_timeout);
         let ca_file = self.file("home_assistant.ca_file", raw.ca_file);
+        let websocket_url = raw.websocket_url.and_then(|u| {
+            let parsed = Url::parse(&u).map_err(|e| e.to_string());
+            let parsed = self.record("home_assistant.websocket_url", parsed)?;
+            if !matches!(parsed.scheme(), "ws" | "wss") {
+                self.error("home_assistant.websocket_url", "must be a ws:// or wss:// url");
+                return None;
+            }
+            Some(parsed)
+        });
         let max_attempts = self.non_zero("home_assistant.max_attempts", raw.max_attempts);
         let retry =
             self.backoff(("home_assistant.retry_min", "home_assistant.retry_max"), &raw.retry_min, &raw.retry_max);
@@ -393,6 +415,7 @@ impl Validator {
             request_timeout: request_timeout?,
             connect_timeout: connect_timeout?,
             ca_file,
+            websocket_url,
             max_attempts: max_attempts?,
             retry: retry?,
             auth_backoff: auth_backoff?,
@@ -415,6 +438,17 @@ impl Validator {
             burst: burst?,
             max_age: max_age?,
             concurrency: concurrency?,
+        })
+    }
+
+    fn state(&mut self, raw: raw::RawState) -> Option<StateConfig> {
+        let include = self.record("state.include", StateFilter::globs(&raw.include));
+        let exclude = self.record("state.exclude", StateFilter::globs(&raw.exclude));
+        Some(StateConfig {
+            filter: StateFilter::new(include?, exclude?, !raw.include.is_empty()),
+            attributes: raw.attributes,
+            attribute_topics: raw.attribute_topics,
+            timestamps: raw.timestamps,
         })
     }
 

@@ -89,6 +89,8 @@ pub struct RawHomeAssistant {
     pub connect_timeout: String,
     /// CA certificate (PEM) for `https://`; system roots when absent.
     pub ca_file: Option<String>,
+    /// The websocket API; default `<url>/api/websocket` (ws:// or wss://).
+    pub websocket_url: Option<String>,
     /// Attempts per command for retryable failures (5xx, 429, connection errors).
     pub max_attempts: u32,
     /// Retry backoff: first delay.
@@ -108,6 +110,7 @@ impl Default for RawHomeAssistant {
             request_timeout: "10s".into(),
             connect_timeout: "5s".into(),
             ca_file: None,
+            websocket_url: None,
             max_attempts: 5,
             retry_min: "250ms".into(),
             retry_max: "10s".into(),
@@ -152,11 +155,28 @@ impl Default for RawAccess {
     }
 }
 
-/// `[state]`: the state mirror. Today only the states that calls return are
-/// published; its keys arrive with the live mirror.
-#[derive(Debug, Default, Deserialize)]
+/// `[state]`: which Home Assistant entities are mirrored to MQTT, and how.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawState {}
+pub struct RawState {
+    /// Entity id globs to mirror (`light.*`, `sensor.kitchen_*`, `*`). Empty:
+    /// only entities that calls touched are mirrored (and kept up to date).
+    pub include: Vec<String>,
+    /// Entity id globs never mirrored, and refused on the get topic.
+    pub exclude: Vec<String>,
+    /// Put the attributes inside the state JSON.
+    pub attributes: bool,
+    /// Also publish each attribute on `<prefix>/state/<domain>/<object_id>/<attribute>`.
+    pub attribute_topics: bool,
+    /// Put `last_changed` and `last_updated` into the state JSON.
+    pub timestamps: bool,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self { include: Vec::new(), exclude: Vec::new(), attributes: true, attribute_topics: false, timestamps: true }
+    }
+}
 
 /// `[metrics]`: the HTTP endpoint for Prometheus and health checks.
 #[derive(Debug, Deserialize)]

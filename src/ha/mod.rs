@@ -19,7 +19,7 @@ pub use auth::{AuthGate, GateClosed};
 pub use error::{parse_retry_after, HaError, HaErrorKind, Retry};
 pub use token::{token_channel, watch_token};
 
-use crate::command::ServiceCall;
+use crate::command::{Action, ServiceCall};
 use crate::config::HaConfig;
 
 /// What a successful service call returned.
@@ -100,6 +100,53 @@ impl HaClient {
             },
             _ => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not JSON")),
         }
+    }
+
+    /// One attempt of an action: a service call, or reading one state
+    /// (`GET /api/states/<entity_id>`, reported as the only "changed" state).
+    pub async fn execute(&self, action: &Action) -> Result<CallResponse, HaError> {
+        match action {
+            Action::Call(call) => self.call_service(call).await,
+            Action::Get(entity) => {
+                let (status, state) = self.get_json(&format!("api/states/{entity}")).await?;
+                Ok(CallResponse { status, changed: vec![state] })
+            }
+        }
+    }
+
+    /// `GET /api/states`: every entity's state.
+    pub async fn get_states(&self) -> Result<Vec<Value>, HaError> {
+        match self.get_json("api/states").await? {
+            (_, Value::Array(states)) => Ok(states),
+            (status, _) => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "states are not a list")),
+        }
+    }
+
+    async fn get_json(&self, path: &str) -> Result<(u16, Value), HaError> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .header(AUTHORIZATION, self.bearer())
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let (status, body) = self.check_status(response).await?;
+        let value = serde_json::from_slice(&body)
+            .map_err(|_| HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not JSON"))?;
+        Ok((status, value))
+    }
+
+    /// The websocket API's URL: `ws(s)://…/api/websocket` under the base URL.
+    pub fn websocket_url(&self) -> Url {
+        let mut url = self.url("api/websocket");
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme).expect("http(s) URLs can become ws(s) URLs");
+        url
+    }
+
+    /// The token as an HTTP header value (for the websocket client).
+    pub fn token(&self) -> secrecy::SecretString {
+        self.gate.token()
     }
 
     /// `GET /api/`: HA is up and accepts the token.

@@ -24,7 +24,7 @@ pub use rate::{RateLimiter, TokenBucket};
 pub use slots::Slots;
 
 use crate::backoff::Backoff;
-use crate::command::{Command, ErrorCode, Outcome};
+use crate::command::{Action, Command, ErrorCode, Outcome};
 use crate::ha::{HaClient, HaError, HaErrorKind, Retry};
 use crate::metrics::{self, Health, Metrics};
 use crate::publisher::Report;
@@ -72,7 +72,7 @@ impl Executor {
 
     /// From "may it still run?" to a final outcome.
     pub async fn execute(&self, cmd: &Command) -> Outcome {
-        let idempotent = cmd.call.is_idempotent();
+        let idempotent = cmd.action.is_idempotent();
         let mut attempt = 0u32;
         let mut last: Option<HaError> = None;
         loop {
@@ -96,7 +96,7 @@ impl Executor {
                 Wait::Shutdown => return shutting_down(),
             }
             let started = Instant::now();
-            let result = self.ha.call_service(&cmd.call).await;
+            let result = self.ha.execute(&cmd.action).await;
             self.metrics.ha_latency.observe(started.elapsed().as_secs_f64());
             self.metrics
                 .ha_calls
@@ -121,7 +121,7 @@ impl Executor {
                     self.retry.delay(attempt - 1).max(error.retry_after.unwrap_or_default())
                 }
             };
-            tracing::debug!(service = %cmd.call.name(), attempt, error = %error, "retrying");
+            tracing::debug!(action = %cmd.action.name(), attempt, error = %error, "retrying");
             self.metrics.retries.inc();
             last = Some(error);
             match self.wait(Instant::now() + backoff_from, cmd.deadline).await {
@@ -195,7 +195,7 @@ impl Dispatcher {
             tokio::select! {
                 cmd = input.recv(), if open => match cmd {
                     Some(cmd) => {
-                        book.insert(cmd.seq, cmd.call.order_keys());
+                        book.insert(cmd.seq, cmd.action.order_keys());
                         waiting.insert(cmd.seq, cmd);
                     }
                     None => open = false,
@@ -205,7 +205,8 @@ impl Dispatcher {
                     book.finish(command.seq);
                     let report = Report {
                         seq: command.seq,
-                        service: Some((command.call.domain, command.call.service)),
+                        service: Some(command.action.result_service()),
+                        get: matches!(command.action, Action::Get(_)),
                         topic: None,
                         reply: command.reply,
                         outcome,

@@ -61,7 +61,12 @@ async fn rig(test: &str, token: Token, overrides: &[(&str, &str)]) -> Option<Rig
     let mut client = TestClient::connect(
         broker.port,
         &format!("e2e-{test}"),
-        &[&format!("{PREFIX}/result/#"), &format!("{PREFIX}/state/#"), &format!("{PREFIX}/status")],
+        &[
+            &format!("{PREFIX}/result/#"),
+            &format!("{PREFIX}/state/#"),
+            &format!("{PREFIX}/status"),
+            &format!("{PREFIX}/ha_status"),
+        ],
     )
     .await;
     let gateway = Gateway::start(&config, &overrides).await;
@@ -244,4 +249,60 @@ async fn check_online(config: &std::path::Path, env: &[(&str, &str)]) -> (i32, S
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mirror_follows_real_home_assistant_states() {
+    let include = ("STATE__INCLUDE", r#"["light.*", "sensor.*"]"#);
+    let Some(mut rig) = rig("e2e_mirror", Token::Own, &[include]).await else { return };
+    rig.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"online").await;
+    // The snapshot: every included entity, retained.
+    let kitchen = rig.client.expect(&format!("{PREFIX}/state/light/kitchen"), T, |_| true).await;
+    assert!(kitchen.retain);
+    assert_eq!(kitchen.json()["state"], rig.ha.state("light.kitchen").await["state"]);
+    rig.client.expect(&format!("{PREFIX}/state/sensor/living_room_temperature"), T, |_| true).await;
+
+    // Changed in HA directly (not through the gateway): MQTT follows.
+    let http = reqwest::Client::new();
+    let post = |entity: &str, body: serde_json::Value| {
+        http.post(format!("{}/api/states/{entity}", rig.ha.url)).bearer_auth(&rig.ha.admin_token).json(&body).send()
+    };
+    post("sensor.e2e_probe", json!({"state": "41", "attributes": {"unit_of_measurement": "W"}})).await.unwrap();
+    let probe = rig.client.expect(&format!("{PREFIX}/state/sensor/e2e_probe"), T, |m| m.json()["state"] == "41").await;
+    assert_eq!(probe.json()["attributes"]["unit_of_measurement"], "W");
+
+    // Removed from HA: the retained topic is cleared.
+    let deleted = http
+        .delete(format!("{}/api/states/sensor.e2e_probe", rig.ha.url))
+        .bearer_auth(&rig.ha.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    rig.client.expect(&format!("{PREFIX}/state/sensor/e2e_probe"), T, |m| m.payload.is_empty()).await;
+
+    // Restart the gateway: a change made meanwhile is in its snapshot.
+    rig.gateway.stop().await;
+    post("sensor.e2e_probe", json!({"state": "7"})).await.unwrap();
+    let config = rig.dir.path().join("gateway.toml");
+    let overrides = [include, ("ACCESS__ALLOW_SERVICES", r#"["light.*"]"#)];
+    rig.gateway = Gateway::start(&config, &overrides).await;
+    rig.client
+        .expect(&format!("{PREFIX}/state/sensor/e2e_probe"), T, |m| !m.payload.is_empty() && m.json()["state"] == "7")
+        .await;
+
+    // The get topic reads the state from HA on demand.
+    rig.client.publish(&format!("{PREFIX}/get/light/hall"), "").await;
+    let hall = rig.client.expect(&format!("{PREFIX}/state/light/hall"), T, |_| true).await;
+    assert_eq!(hall.json()["state"], rig.ha.state("light.hall").await["state"]);
+
+    // Restart HA: ha_status goes offline, then the mirror resyncs.
+    let ha = &rig.ha;
+    tokio::task::block_in_place(|| ha.stop());
+    rig.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"offline").await;
+    tokio::task::block_in_place(|| rig.ha.start_again());
+    rig.client.expect(&format!("{PREFIX}/ha_status"), Duration::from_secs(60), |m| &m.payload[..] == b"online").await;
+    // States made with POST /api/states do not survive HA's restart: cleared.
+    rig.client.expect(&format!("{PREFIX}/state/sensor/e2e_probe"), T, |m| m.payload.is_empty()).await;
+    rig.gateway.stop().await;
 }

@@ -99,6 +99,8 @@ async fn a_refused_token_stops_sending_until_the_token_file_changes() {
     };
     env.wait_online().await;
     env.gateway.wait_metric("ha_up", Duration::from_secs(5), |v| v == 1.0).await;
+    // Both the probe and the mirror's first snapshot are done before the token changes.
+    env.gateway.wait_metric("ha_websocket_connected", Duration::from_secs(5), |v| v == 1.0).await;
     env.ha.set_token("rotated-token");
     for n in 0..20 {
         env.client

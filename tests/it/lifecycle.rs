@@ -132,3 +132,37 @@ async fn after_the_broker_restarts_the_gateway_reconnects_and_resubscribes() {
     assert_eq!(env.gateway.metric("mqtt_connected"), 1.0);
     env.gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_kept_session_without_subscriptions_is_repaired_on_connect() {
+    let Some(rig) = rig("bare_session").await else { return };
+    // Someone (a crash between CONNECT and SUBSCRIBE, an old prefix) left a
+    // session under the gateway's client id with no subscriptions in it.
+    {
+        let mut opts = rumqttc::v5::MqttOptions::new("gateway-under-test", "127.0.0.1", rig.broker.port);
+        opts.set_clean_start(false);
+        let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+        props.session_expiry_interval = Some(3600);
+        opts.set_connect_properties(props);
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
+        loop {
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_)) =
+                eventloop.poll().await.expect("connect")
+            {
+                break;
+            }
+        }
+        client.disconnect().await.unwrap();
+        while !matches!(
+            eventloop.poll().await,
+            Ok(rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
+        ) {}
+    }
+    let mut client =
+        TestClient::connect(rig.broker.port, "repair", &[&format!("{PREFIX}/result/#"), &format!("{PREFIX}/status")])
+            .await;
+    let gateway = crate::support::Gateway::start(&rig.config, &[]).await;
+    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"online").await;
+    assert_eq!(client.set("light.kitchen", "ON", "light.turn_on").await["ok"], true);
+    gateway.stop().await;
+}

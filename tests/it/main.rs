@@ -5,5 +5,6 @@ mod commands;
 mod config_cli;
 mod faults;
 mod lifecycle;
+mod mirror;
 mod queue;
 mod support;

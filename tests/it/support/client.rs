@@ -134,6 +134,14 @@ impl TestClient {
         self.result(&format!("{PREFIX}/result/{}", result_service.replacen('.', "/", 1))).await
     }
 
+    /// Publishes on `<prefix>/get/<domain>/<object_id>` and returns the
+    /// result (only failures have one).
+    pub async fn get_result(&mut self, entity: &str) -> Value {
+        let (domain, object_id) = entity.split_once('.').expect("an entity id");
+        self.publish(&format!("{PREFIX}/get/{domain}/{object_id}"), Vec::new()).await;
+        self.result(&format!("{PREFIX}/result/{domain}/get")).await
+    }
+
     /// The next result on `topic` (a JSON object).
     pub async fn result(&mut self, topic: &str) -> Value {
         self.expect(topic, Duration::from_secs(10), |_| true).await.json()

@@ -1,9 +1,11 @@
-//! An in-process fake of Home Assistant's REST API: records every call and
-//! answers as scripted (status, delay, Retry-After), checking the token.
+//! An in-process fake of Home Assistant's REST and websocket APIs: records
+//! every call and answers as scripted (status, delay, Retry-After), checking
+//! the token; keeps entity states that calls change and tests set, and sends
+//! `state_changed` events to websocket subscribers (see `fake_ws`).
 //!
 //! For fast logic and fault tests only; the real-HA tier proves the real thing.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,20 +44,28 @@ impl Reply {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(super) struct Inner {
     calls: Vec<Call>,
+    /// Entity states, as `GET /api/states` returns them.
+    pub(super) states: BTreeMap<String, Value>,
+    /// Makes `last_updated` strictly increasing.
+    clock: u64,
     unauthorized: usize,
     in_flight: usize,
     script: VecDeque<Reply>,
     delay: Duration,
-    token: String,
+    pub(super) token: String,
 }
 
 #[derive(Clone)]
 pub struct FakeHa {
     pub addr: SocketAddr,
-    inner: Arc<Mutex<Inner>>,
+    pub(super) inner: Arc<Mutex<Inner>>,
     changed: Arc<tokio::sync::Notify>,
+    /// `state_changed` event data for websocket subscribers.
+    pub(super) events: tokio::sync::broadcast::Sender<Value>,
+    /// Websocket control: connections open now, refuse new ones, drop all.
+    pub(super) ws: Arc<super::fake_ws::WsControl>,
 }
 
 impl FakeHa {
@@ -63,9 +73,18 @@ impl FakeHa {
         let inner = Arc::new(Mutex::new(Inner { token: token.into(), ..Default::default() }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let ha = FakeHa { addr, inner, changed: Arc::new(tokio::sync::Notify::new()) };
+        let ha = FakeHa {
+            addr,
+            inner,
+            changed: Arc::new(tokio::sync::Notify::new()),
+            events: tokio::sync::broadcast::channel(100_000).0,
+            ws: Default::default(),
+        };
         let app = Router::new()
             .route("/api/", get(api_root))
+            .route("/api/states", get(all_states))
+            .route("/api/states/{entity_id}", get(one_state))
+            .route("/api/websocket", get(super::fake_ws::upgrade))
             .route("/api/services/{domain}/{service}", post(service))
             .with_state(ha.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -104,6 +123,45 @@ impl FakeHa {
         self.inner.lock().unwrap().in_flight
     }
 
+    /// Sets (or creates) an entity's state, as a device or HA itself would;
+    /// subscribers get a `state_changed` event. Returns the new state object.
+    pub fn set_state(&self, entity_id: &str, state: &str, attributes: Value) -> Value {
+        let new = self.inner.lock().unwrap().put(entity_id, state, attributes);
+        let _ = self.events.send(json!({"entity_id": entity_id, "old_state": null, "new_state": new.clone()}));
+        new
+    }
+
+    /// Removes an entity; subscribers get `new_state: null`.
+    pub fn remove_state(&self, entity_id: &str) {
+        self.inner.lock().unwrap().states.remove(entity_id);
+        let _ = self.events.send(json!({"entity_id": entity_id, "old_state": null, "new_state": null}));
+    }
+
+    /// Sends a `state_changed` event with exactly this state (without storing it).
+    pub fn send_event(&self, state: Value) {
+        let entity_id = state["entity_id"].clone();
+        let _ = self.events.send(json!({"entity_id": entity_id, "old_state": null, "new_state": state}));
+    }
+
+    pub fn state(&self, entity_id: &str) -> Option<Value> {
+        self.inner.lock().unwrap().states.get(entity_id).cloned()
+    }
+
+    /// Websocket connections open now.
+    pub fn ws_connections(&self) -> usize {
+        self.ws.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes every websocket (HA restarting); with `refuse`, new ones fail until `accept_ws`.
+    pub fn drop_websockets(&self, refuse: bool) {
+        self.ws.refuse.store(refuse, std::sync::atomic::Ordering::SeqCst);
+        self.ws.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn accept_websockets(&self) {
+        self.ws.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Waits until `pred(calls)` holds, or panics after `timeout`.
     pub async fn wait_calls(&self, timeout: Duration, what: &str, pred: impl Fn(&[Call]) -> bool) -> Vec<Call> {
         let deadline = Instant::now() + timeout;
@@ -136,6 +194,37 @@ async fn api_root(State(ha): State<FakeHa>, headers: HeaderMap) -> Response {
         return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
     }
     axum::Json(json!({"message": "API running."})).into_response()
+}
+
+impl Inner {
+    /// Stores a state with a fresh, strictly increasing `last_updated`.
+    fn put(&mut self, entity_id: &str, state: &str, attributes: Value) -> Value {
+        self.clock += 1;
+        let at = format!("2026-01-01T00:00:00.{:06}+00:00", self.clock);
+        let new = json!({"entity_id": entity_id, "state": state, "attributes": attributes,
+                         "last_changed": at, "last_updated": at,
+                         "context": {"id": format!("c{}", self.clock), "parent_id": null, "user_id": null}});
+        self.states.insert(entity_id.to_owned(), new.clone());
+        new
+    }
+}
+
+async fn all_states(State(ha): State<FakeHa>, headers: HeaderMap) -> Response {
+    if !ha.authorized(&headers).0 {
+        return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
+    }
+    let states: Vec<Value> = ha.inner.lock().unwrap().states.values().cloned().collect();
+    axum::Json(states).into_response()
+}
+
+async fn one_state(State(ha): State<FakeHa>, Path(entity_id): Path<String>, headers: HeaderMap) -> Response {
+    if !ha.authorized(&headers).0 {
+        return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
+    }
+    match ha.state(&entity_id) {
+        Some(s) => axum::Json(s).into_response(),
+        None => (StatusCode::NOT_FOUND, axum::Json(json!({"message": "Entity not found."}))).into_response(),
+    }
 }
 
 async fn service(
@@ -175,26 +264,28 @@ async fn service(
             }
             resp
         }
-        _ => axum::Json(changed_states(&domain, &service, &body)).into_response(),
+        _ => {
+            let changed = ha.apply(&domain, &service, &body);
+            axum::Json(changed).into_response()
+        }
     }
 }
 
-/// What HA would return: the targeted entities with a plausible new state.
-fn changed_states(domain: &str, service: &str, body: &Value) -> Value {
-    let ids: Vec<String> = match body.get("entity_id") {
-        Some(Value::String(s)) => s.split(',').map(|s| s.trim().to_owned()).collect(),
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-        _ => vec![],
-    };
-    let state = if service == "turn_off" { "off" } else { "on" };
-    Value::Array(
-        ids.into_iter()
+impl FakeHa {
+    /// What HA would do: the targeted entities of the domain take a plausible
+    /// new state, stored, sent as events, and returned as "changed".
+    fn apply(&self, domain: &str, service: &str, body: &Value) -> Value {
+        let ids: Vec<String> = match body.get("entity_id") {
+            Some(Value::String(s)) => s.split(',').map(|s| s.trim().to_owned()).collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            _ => vec![],
+        };
+        let state = if service == "turn_off" { "off" } else { "on" };
+        let changed: Vec<Value> = ids
+            .into_iter()
             .filter(|id| id.starts_with(&format!("{domain}.")))
-            .map(|id| {
-                json!({"entity_id": id, "state": state, "attributes": {"friendly_name": id},
-                       "last_changed": "2026-01-01T00:00:00+00:00", "last_updated": "2026-01-01T00:00:00+00:00",
-                       "context": {"id": "x", "parent_id": null, "user_id": null}})
-            })
-            .collect(),
-    )
+            .map(|id| self.set_state(&id, state, json!({"friendly_name": id})))
+            .collect();
+        Value::Array(changed)
+    }
 }

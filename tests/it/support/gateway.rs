@@ -61,6 +61,11 @@ impl Gateway {
     /// Starts the gateway from `config_file` with `overrides` as
     /// `MQTT_HA_GATEWAY_*` variables (e.g. `("QUEUE__CAPACITY", "5")`).
     pub async fn start(config_file: &Path, overrides: &[(&str, &str)]) -> Gateway {
+        // RUST_LOG=mqtt_ha_gateway=debug shows the gateway's logs in test output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let vars = overrides.iter().map(|(k, v)| (format!("{}{k}", config::ENV_PREFIX), v.to_string()));
         let config = config::load(config_file, true, vars).unwrap_or_else(|e| panic!("{e}"));
         let shutdown = CancellationToken::new();

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod client;
 pub mod fake_ha;
+pub mod fake_ws;
 pub mod gateway;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub struct Env {
     pub client: TestClient,
     pub gateway: Gateway,
     pub _dir: tempfile::TempDir,
+    pub config: PathBuf,
     pub token_file: PathBuf,
 }
 
@@ -38,11 +40,17 @@ pub async fn setup(test: &str, overrides: &[(&str, &str)]) -> Option<Env> {
     let client = TestClient::connect(
         broker.port,
         &format!("tester-{test}"),
-        &[&format!("{PREFIX}/result/#"), &format!("{PREFIX}/state/#"), &format!("{PREFIX}/status"), "reply/#"],
+        &[
+            &format!("{PREFIX}/result/#"),
+            &format!("{PREFIX}/state/#"),
+            &format!("{PREFIX}/status"),
+            &format!("{PREFIX}/ha_status"),
+            "reply/#",
+        ],
     )
     .await;
     let gateway = Gateway::start(&config, overrides).await;
-    Some(Env { broker, ha, client, gateway, _dir: dir, token_file })
+    Some(Env { broker, ha, client, gateway, _dir: dir, config, token_file })
 }
 
 impl Env {

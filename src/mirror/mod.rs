@@ -1,0 +1,220 @@
+//! The state mirror: Home Assistant's states, live, as retained MQTT
+//! messages.
+//!
+//! One task holds a websocket to HA: authenticate, subscribe to
+//! `state_changed`, take a snapshot (`GET /api/states`), then publish every
+//! change of a mirrored entity through [`StateOut`]. It reconnects with
+//! backoff, never while the auth gate is closed, resyncs after every gap and
+//! after every new broker connection, and keeps `<prefix>/ha_status`
+//! (`online`/`offline`, retained) true. It sends no service calls.
+
+mod filter;
+mod out;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+pub use filter::StateFilter;
+pub use out::{state_messages, state_payload, Published, StateMessages, StateOptions, StateOut};
+pub use ws::{parse, tls_config, Incoming};
+
+use crate::backoff::Backoff;
+use crate::ha::HaClient;
+use crate::metrics::Metrics;
+use crate::topic::TopicPrefix;
+
+/// How often the websocket is pinged; a missing pong by the next ping ends it.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const SUBSCRIPTION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("websocket: {0}")]
+    Socket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("home assistant refused the token on the websocket: {0}")]
+    Auth(String),
+    #[error("unexpected websocket message during {0}")]
+    Protocol(&'static str),
+    #[error("subscribing to state changes failed: {0}")]
+    Subscribe(String),
+    #[error("the websocket closed")]
+    Closed,
+    #[error("no pong within {0:?}")]
+    PongTimeout(Duration),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::ha::HaError),
+}
+
+pub struct Mirror {
+    pub ha: HaClient,
+    pub url: Url,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub out: Arc<StateOut>,
+    pub client: AsyncClient,
+    pub prefix: TopicPrefix,
+    pub metrics: Metrics,
+    pub backoff: Backoff,
+    /// Increments on every broker connection (ingress).
+    pub mqtt_connections: watch::Receiver<u64>,
+}
+
+impl Mirror {
+    /// Runs until `shutdown`, reconnecting as needed.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let far = Instant::now() + Duration::from_secs(24 * 3600);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.ha.gate.wait_open(far) => {}
+            }
+            let result = self.session(&shutdown, &mut failures).await;
+            self.set_online(false).await;
+            let Err(e) = result else { break };
+            if let SessionError::Auth(_) = e {
+                self.ha.gate.refused();
+            }
+            let delay = self.backoff.delay(failures);
+            failures = failures.saturating_add(1);
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "home assistant websocket lost");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn set_online(&self, online: bool) {
+        self.metrics.ha_websocket_connected.set(i64::from(online));
+        let payload = if online { "online" } else { "offline" };
+        if let Err(e) = self.client.publish(self.prefix.ha_status(), QoS::AtLeastOnce, true, payload).await {
+            tracing::warn!(error = %e, "could not queue ha_status");
+        }
+    }
+
+    /// One connection: until shutdown (`Ok`) or a failure.
+    async fn session(&mut self, shutdown: &CancellationToken, failures: &mut u32) -> Result<(), SessionError> {
+        let mut socket = ws::connect(&self.url, self.tls.clone(), CONNECT_TIMEOUT).await?;
+        authenticate(&mut socket, &self.ha).await?;
+        socket.send(Message::text(ws::subscribe_state_changed(SUBSCRIPTION))).await?;
+        expect_result(&mut socket, SUBSCRIPTION).await?;
+        *failures = 0;
+        self.mqtt_connections.borrow_and_update();
+        self.snapshot().await?;
+        self.set_online(true).await;
+        tracing::info!(url = %self.url, "mirroring home assistant states");
+
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        let mut next_id = SUBSCRIPTION + 1;
+        let mut awaiting_pong = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = socket.close(None).await;
+                    return Ok(());
+                }
+                frame = socket.next() => match frame {
+                    None => return Err(SessionError::Closed),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Message::Text(text))) => {
+                        for msg in ws::parse(&text) {
+                            match msg {
+                                Incoming::StateChanged { id: SUBSCRIPTION, entity_id, new_state } => match new_state {
+                                    Some(state) => { self.out.update(&state).await; }
+                                    None => self.out.removed(&entity_id).await,
+                                },
+                                Incoming::Pong { .. } => awaiting_pong = false,
+                                _ => {}
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) => return Err(SessionError::Closed),
+                    Some(Ok(_)) => {}
+                },
+                Ok(()) = self.mqtt_connections.changed() => {
+                    // A new broker connection may have lost our retained states.
+                    self.out.forget_published().await;
+                    self.snapshot().await?;
+                    self.set_online(true).await;
+                }
+                _ = ping.tick() => {
+                    if awaiting_pong {
+                        return Err(SessionError::PongTimeout(PING_EVERY));
+                    }
+                    socket.send(Message::text(ws::ping(next_id))).await?;
+                    next_id += 1;
+                    awaiting_pong = true;
+                }
+            }
+        }
+    }
+
+    /// Every state, published where it changed; vanished entities cleared.
+    async fn snapshot(&self) -> Result<(), SessionError> {
+        let started = Instant::now();
+        let states = self.ha.get_states().await?;
+        self.out.resync(&states).await;
+        let mirrored = self.out.mirrored().await;
+        tracing::debug!(
+            entities = states.len(),
+            mirrored,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state snapshot published"
+        );
+        Ok(())
+    }
+}
+
+async fn next_text(socket: &mut ws::Socket, phase: &'static str) -> Result<Vec<Incoming>, SessionError> {
+    loop {
+        match tokio::time::timeout(CONNECT_TIMEOUT, socket.next()).await {
+            Err(_) => return Err(SessionError::Protocol(phase)),
+            Ok(None) => return Err(SessionError::Closed),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(Some(Ok(Message::Text(text)))) => return Ok(ws::parse(&text)),
+            Ok(Some(Ok(Message::Close(_)))) => return Err(SessionError::Closed),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+async fn authenticate(socket: &mut ws::Socket, ha: &HaClient) -> Result<(), SessionError> {
+    if !next_text(socket, "auth").await?.contains(&Incoming::AuthRequired) {
+        return Err(SessionError::Protocol("auth"));
+    }
+    socket.send(Message::text(ws::auth(&ha.token()))).await?;
+    for msg in next_text(socket, "auth").await? {
+        match msg {
+            Incoming::AuthOk => {
+                ha.gate.accepted();
+                return Ok(());
+            }
+            Incoming::AuthInvalid(message) => return Err(SessionError::Auth(message)),
+            _ => {}
+        }
+    }
+    Err(SessionError::Protocol("auth"))
+}
+
+async fn expect_result(socket: &mut ws::Socket, id: u64) -> Result<(), SessionError> {
+    loop {
+        for msg in next_text(socket, "subscribe").await? {
+            if let Incoming::Result { id: got, success, error } = msg {
+                if got == id {
+                    return if success { Ok(()) } else { Err(SessionError::Subscribe(error.unwrap_or_default())) };
+                }
+            }
+        }
+    }
+}

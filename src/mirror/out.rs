@@ -1,0 +1,299 @@
+//! State out: the one place that publishes `<prefix>/state/…` topics, for
+//! call results, gets and the live mirror alike.
+//!
+//! Remembers, per entity, a hash of what it last published and HA's
+//! `last_updated`, so the same state arriving twice (a call's result, then
+//! the websocket event) is published once, and an older state never
+//! overwrites a newer one. Entities a call touched are mirrored from then on.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+use serde_json::{json, Map, Value};
+use tokio::sync::Mutex;
+
+use super::StateFilter;
+use crate::metrics::Metrics;
+use crate::topic::{EntityId, TopicPrefix};
+
+/// How states are shaped (`[state]` options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateOptions {
+    pub attributes: bool,
+    pub attribute_topics: bool,
+    pub timestamps: bool,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        Self { attributes: true, attribute_topics: false, timestamps: true }
+    }
+}
+
+/// The retained messages for one HA state object: the state topic first,
+/// then one per attribute if asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateMessages {
+    pub entity: EntityId,
+    pub last_updated: Option<String>,
+    pub messages: Vec<(String, Vec<u8>)>,
+    pub attribute_names: Vec<String>,
+}
+
+/// Pure: builds the messages for `state` (an object with `entity_id`).
+pub fn state_messages(prefix: &TopicPrefix, options: StateOptions, state: &Value) -> Option<StateMessages> {
+    let entity = EntityId::parse(state.get("entity_id")?.as_str()?)?;
+    let attributes = state.get("attributes").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut main = Map::new();
+    main.insert("state".into(), state.get("state").cloned().unwrap_or(Value::Null));
+    if options.attributes {
+        main.insert("attributes".into(), Value::Object(attributes.clone()));
+    }
+    if options.timestamps {
+        for key in ["last_changed", "last_updated"] {
+            main.insert(key.into(), state.get(key).cloned().unwrap_or(Value::Null));
+        }
+    }
+    let topic = prefix.state(&entity);
+    let mut messages = vec![(topic.clone(), Value::Object(main).to_string().into_bytes())];
+    let mut attribute_names = Vec::new();
+    if options.attribute_topics {
+        for (name, value) in &attributes {
+            if name.is_empty() || name.contains(['/', '+', '#', '\0']) {
+                continue;
+            }
+            let payload = match value {
+                Value::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            messages.push((format!("{topic}/{name}"), payload));
+            attribute_names.push(name.clone());
+        }
+    }
+    let last_updated = state.get("last_updated").and_then(Value::as_str).map(str::to_owned);
+    Some(StateMessages { entity, last_updated, messages, attribute_names })
+}
+
+fn hash(messages: &[(String, Vec<u8>)]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    messages.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug)]
+struct Known {
+    /// Hash of what was last published; 0 = must be published again.
+    hash: u64,
+    last_updated: Option<Box<str>>,
+    attributes: Vec<Box<str>>,
+}
+
+/// What happened to one state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Sent,
+    /// Same as last time: nothing sent.
+    Unchanged,
+    /// Older than what was sent: nothing sent.
+    Stale,
+    /// Not mirrored (excluded, or neither included nor touched).
+    Ignored,
+}
+
+pub struct StateOut {
+    client: AsyncClient,
+    prefix: TopicPrefix,
+    options: StateOptions,
+    filter: StateFilter,
+    metrics: Metrics,
+    /// Held across the publish, so decisions and sends keep one order.
+    known: Mutex<HashMap<String, Known>>,
+}
+
+impl StateOut {
+    pub fn new(
+        client: AsyncClient,
+        prefix: TopicPrefix,
+        options: StateOptions,
+        filter: StateFilter,
+        metrics: Metrics,
+    ) -> Self {
+        Self { client, prefix, options, filter, metrics, known: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn filter(&self) -> &StateFilter {
+        &self.filter
+    }
+
+    /// A state a call returned, or a get fetched (`force`: publish even if
+    /// unchanged). The entity is mirrored from now on, unless excluded.
+    pub async fn touched(&self, state: &Value, force: bool) -> Published {
+        self.publish(state, true, force).await
+    }
+
+    /// A state from HA's snapshot or live events.
+    pub async fn update(&self, state: &Value) -> Published {
+        self.publish(state, false, false).await
+    }
+
+    async fn publish(&self, state: &Value, touched: bool, force: bool) -> Published {
+        let Some(msgs) = state_messages(&self.prefix, self.options, state) else { return Published::Ignored };
+        let id = msgs.entity.to_string();
+        if self.filter.excluded(&id) {
+            return Published::Ignored;
+        }
+        let mut known = self.known.lock().await;
+        let h = hash(&msgs.messages);
+        let stale_attributes = match known.get(&id) {
+            None if !touched && !self.filter.included(&id) => return Published::Ignored,
+            None => Vec::new(),
+            Some(k) => {
+                if let (Some(old), Some(new)) = (&k.last_updated, &msgs.last_updated) {
+                    if new.as_str() < old.as_ref() {
+                        return Published::Stale;
+                    }
+                }
+                if k.hash == h && !force {
+                    return Published::Unchanged;
+                }
+                k.attributes
+                    .iter()
+                    .filter(|a| !msgs.attribute_names.iter().any(|n| n.as_str() == a.as_ref()))
+                    .cloned()
+                    .collect()
+            }
+        };
+        known.insert(
+            id,
+            Known {
+                hash: h,
+                last_updated: msgs.last_updated.map(String::into_boxed_str),
+                attributes: msgs.attribute_names.into_iter().map(String::into_boxed_str).collect(),
+            },
+        );
+        self.metrics.mirrored_entities.set(known.len() as i64);
+        let topic = msgs.messages[0].0.clone();
+        for (t, payload) in msgs.messages {
+            self.send(t, payload).await;
+        }
+        for gone in stale_attributes {
+            self.send(format!("{topic}/{gone}"), Vec::new()).await;
+        }
+        Published::Sent
+    }
+
+    /// The entity no longer exists in HA: clear its retained topics.
+    pub async fn removed(&self, entity_id: &str) {
+        let mut known = self.known.lock().await;
+        let Some(k) = known.remove(entity_id) else { return };
+        self.metrics.mirrored_entities.set(known.len() as i64);
+        let Some(entity) = EntityId::parse(entity_id) else { return };
+        let topic = self.prefix.state(&entity);
+        for a in k.attributes.iter() {
+            self.send(format!("{topic}/{a}"), Vec::new()).await;
+        }
+        self.send(topic, Vec::new()).await;
+    }
+
+    /// A fresh snapshot of every state: publishes what changed and clears
+    /// mirrored entities that HA no longer has.
+    pub async fn resync(&self, states: &[Value]) {
+        let present: std::collections::HashSet<&str> =
+            states.iter().filter_map(|s| s.get("entity_id")?.as_str()).collect();
+        for state in states {
+            self.update(state).await;
+        }
+        let gone: Vec<String> = {
+            let known = self.known.lock().await;
+            known.keys().filter(|id| !present.contains(id.as_str())).cloned().collect()
+        };
+        for id in gone {
+            self.removed(&id).await;
+        }
+    }
+
+    /// The broker may have lost our retained messages (new session): publish
+    /// everything again at the next snapshot.
+    pub async fn forget_published(&self) {
+        for k in self.known.lock().await.values_mut() {
+            k.hash = 0;
+            k.last_updated = None;
+        }
+    }
+
+    /// The state payload alone (for MQTT 5 replies to a get).
+    pub fn payload(&self, state: &Value) -> Vec<u8> {
+        state_payload(&self.prefix, self.options, state)
+    }
+
+    pub async fn mirrored(&self) -> usize {
+        self.known.lock().await.len()
+    }
+
+    async fn send(&self, topic: String, payload: Vec<u8>) {
+        self.metrics.state_publishes.inc();
+        if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+            tracing::warn!(error = %e, "could not queue a state publish");
+        }
+    }
+}
+
+/// The state payload alone (for MQTT 5 replies to a get).
+pub fn state_payload(prefix: &TopicPrefix, options: StateOptions, state: &Value) -> Vec<u8> {
+    state_messages(prefix, options, state)
+        .map(|m| m.messages.into_iter().next().expect("the state topic is always first").1)
+        .unwrap_or_else(|| json!({"state": null}).to_string().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix() -> TopicPrefix {
+        TopicPrefix::new("gw").unwrap()
+    }
+
+    fn state() -> Value {
+        json!({"entity_id":"light.a","state":"on","attributes":{"brightness":3,"friendly_name":"A","bad/name":1},
+               "last_changed":"t1","last_updated":"t2","context":{"id":"x"}})
+    }
+
+    #[test]
+    fn the_state_json_follows_the_options() {
+        let table = [
+            (
+                StateOptions::default(),
+                json!({"state":"on","attributes":{"brightness":3,"friendly_name":"A","bad/name":1},"last_changed":"t1","last_updated":"t2"}),
+            ),
+            (
+                StateOptions { attributes: false, ..Default::default() },
+                json!({"state":"on","last_changed":"t1","last_updated":"t2"}),
+            ),
+            (StateOptions { timestamps: false, attributes: false, ..Default::default() }, json!({"state":"on"})),
+        ];
+        for (options, expected) in table {
+            let m = state_messages(&prefix(), options, &state()).unwrap();
+            assert_eq!(m.messages.len(), 1);
+            assert_eq!(m.messages[0].0, "gw/state/light/a");
+            assert_eq!(serde_json::from_slice::<Value>(&m.messages[0].1).unwrap(), expected, "{options:?}");
+        }
+    }
+
+    #[test]
+    fn attribute_topics_carry_plain_values() {
+        let options = StateOptions { attribute_topics: true, ..Default::default() };
+        let m = state_messages(&prefix(), options, &state()).unwrap();
+        let topics: Vec<(&str, &str)> =
+            m.messages[1..].iter().map(|(t, p)| (t.as_str(), std::str::from_utf8(p).unwrap())).collect();
+        assert_eq!(topics, [("gw/state/light/a/brightness", "3"), ("gw/state/light/a/friendly_name", "A")]);
+        assert_eq!(m.attribute_names, ["brightness", "friendly_name"], "a name with '/' is skipped");
+    }
+
+    #[test]
+    fn states_without_a_valid_entity_id_are_ignored() {
+        assert!(state_messages(&prefix(), StateOptions::default(), &json!({"state":"on"})).is_none());
+        assert!(state_messages(&prefix(), StateOptions::default(), &json!({"entity_id":"Light.A"})).is_none());
+    }
+}
