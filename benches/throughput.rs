@@ -3,8 +3,11 @@
 //!
 //! Measures (1) throughput: N QoS 1 commands published as fast as possible,
 //! rate limit off, until every result is back; (2) latency publish → HA at a
-//! fixed 200 commands/s. Run with `cargo bench --bench throughput`; results
-//! are printed, never asserted. Bounded: at most 20 000 commands, 60 s each.
+//! fixed 200 commands/s; (3) the gateway binary as a process: start-up time
+//! to ready, idle RSS, and the state mirror's snapshot of 10 000 entities
+//! (time, RSS, bytes per entity). Run with `cargo bench --bench throughput`;
+//! results are printed, never asserted. Bounded: at most 20 000 commands or
+//! entities, 60 s per step.
 
 use std::time::Duration;
 
@@ -83,6 +86,74 @@ async fn latency(n: usize, per_second: u64) {
     env.gateway.stop().await;
 }
 
+/// Resident set size and its peak of a process, in KiB, from /proc (Linux).
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The binary as users run it: ready time, idle RSS, mirror snapshot cost.
+async fn process(entities: usize) {
+    let Some(broker) = support::Broker::start("bench-process") else { return };
+    let ha = support::FakeHa::start(support::TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, support::TOKEN).unwrap();
+    let config = support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
+    let port = support::broker::free_port();
+    let mut client = support::TestClient::connect(broker.port, "bench-mirror", &[&format!("{PREFIX}/state/#")]).await;
+
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-ha-gateway"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("MQTT_HA_GATEWAY_METRICS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MQTT_HA_GATEWAY_STATE__INCLUDE", r#"["*"]"#)
+        .env("MQTT_HA_GATEWAY_LOG__LEVEL", "warn")
+        .spawn()
+        .expect("start the gateway binary");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "gateway not ready");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let ready = started.elapsed();
+    let (idle, _) = rss_kib(child.id());
+    println!("process: ready in {:.0} ms; idle RSS {:.1} MiB", ready.as_secs_f64() * 1e3, idle as f64 / 1024.0);
+
+    // The mirror's cost: HA gets `entities` states, the websocket is dropped,
+    // and the reconnect's snapshot publishes them all.
+    for i in 0..entities {
+        ha.set_state(&format!("sensor.s{i}"), &i.to_string(), serde_json::json!({"unit_of_measurement": "W", "friendly_name": format!("Sensor {i}")}));
+    }
+    let start = Instant::now();
+    ha.drop_websockets(false);
+    client.collect(&format!("{PREFIX}/state/sensor/"), entities, Duration::from_secs(60)).await;
+    let took = start.elapsed();
+    let (rss, peak) = rss_kib(child.id());
+    println!(
+        "mirror: {entities} entities snapshot-published in {:.2} s; RSS {:.1} MiB (peak {:.1} MiB), {:.0} bytes/entity over idle",
+        took.as_secs_f64(),
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        (rss.saturating_sub(idle) * 1024) as f64 / entities as f64
+    );
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
 /// User + system CPU time of this process, from /proc (Linux); 0 elsewhere.
 fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -98,10 +169,11 @@ fn main() {
     // `cargo test --all-targets` runs benches in test mode with `--bench`
     // absent: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let (n, m) = if quick { (200, 100) } else { (20_000, 2_000) };
+    let (n, m, entities) = if quick { (200, 100, 100) } else { (20_000, 2_000, 10_000) };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         throughput(n).await;
         latency(m, 200).await;
+        process(entities).await;
     });
 }
