@@ -136,7 +136,11 @@ async fn process(entities: usize) {
     // The mirror's cost: HA gets `entities` states, the websocket is dropped,
     // and the reconnect's snapshot publishes them all.
     for i in 0..entities {
-        ha.set_state(&format!("sensor.s{i}"), &i.to_string(), serde_json::json!({"unit_of_measurement": "W", "friendly_name": format!("Sensor {i}")}));
+        ha.set_state(
+            &format!("sensor.s{i}"),
+            &i.to_string(),
+            serde_json::json!({"unit_of_measurement": "W", "friendly_name": format!("Sensor {i}")}),
+        );
     }
     let start = Instant::now();
     ha.drop_websockets(false);
