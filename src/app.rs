@@ -170,12 +170,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         client: mirror_client,
         prefix: config.mqtt.prefix.clone(),
         metrics: metrics.clone(),
+        health: Arc::clone(&health),
         backoff: config.home_assistant.retry,
         mqtt_connections: connections_rx,
     };
     tasks.spawn(mirror.run(shutdown.clone()));
+    let gate = ha.gate.clone();
     tasks.spawn(probe_ha(ha, Arc::clone(&health), metrics.clone(), shutdown.clone()));
-    let http_state = HttpState { metrics: metrics.clone(), health, slots: Arc::clone(&slots) };
+    let http_state = HttpState { metrics: metrics.clone(), health, slots: Arc::clone(&slots), gate };
     let http_stop = CancellationToken::new();
     tasks.spawn(http::serve(listener, http_state, http_stop.clone()));
     tasks.close();
@@ -203,22 +205,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 /// never while the auth gate is closed (no hammering with a refused token).
 async fn probe_ha(ha: HaClient, health: Arc<Health>, metrics: Metrics, shutdown: CancellationToken) {
     loop {
-        if ha.gate.wait_open(tokio::time::Instant::now()).await.is_ok() {
-            let (reachable, token_ok) = match ha.probe().await {
-                Ok(()) => (true, true),
-                Err(e) if e.kind == crate::ha::HaErrorKind::Unauthorized => (true, false),
-                Err(e) => {
-                    tracing::debug!(error = %e, "home assistant probe failed");
-                    (false, Health::get(&health.ha_token_ok))
-                }
-            };
-            Health::set(&health.ha_reachable, reachable);
-            Health::set(&health.ha_token_ok, token_ok);
-            metrics.ha_up.set(i64::from(reachable && token_ok));
+        let result = if ha.gate.wait_open(tokio::time::Instant::now()).await.is_ok() {
+            ha.probe().await.map_err(|e| {
+                tracing::debug!(error = %e, "home assistant probe failed");
+                e.kind
+            })
         } else {
-            Health::set(&health.ha_token_ok, false);
-            metrics.ha_up.set(0);
-        }
+            // The gate is closed: the token was refused and nothing is sent.
+            Err(crate::ha::HaErrorKind::Unauthorized)
+        };
+        health.observe(&metrics, result);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(PROBE_EVERY) => {}

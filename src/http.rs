@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::ha::AuthGate;
 use crate::metrics::{Health, Metrics};
 use crate::queue::Slots;
 
@@ -22,6 +23,8 @@ pub struct HttpState {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub slots: Arc<Slots>,
+    /// Closed after HA refused the token, until it changes or a probe passes.
+    pub gate: AuthGate,
 }
 
 /// The readiness checks, each true when fine.
@@ -29,7 +32,7 @@ pub fn readiness(state: &HttpState) -> (bool, serde_json::Value) {
     let checks = [
         ("mqtt_connected", Health::get(&state.health.mqtt_connected)),
         ("ha_reachable", Health::get(&state.health.ha_reachable)),
-        ("ha_token_accepted", Health::get(&state.health.ha_token_ok)),
+        ("ha_token_accepted", Health::get(&state.health.ha_token_ok) && state.gate.is_open()),
         ("queue_not_saturated", !state.slots.is_full()),
     ];
     let ready = checks.iter().all(|(_, ok)| *ok);

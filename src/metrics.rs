@@ -184,6 +184,21 @@ pub struct Health {
 }
 
 impl Health {
+    /// Records what an answer (or its absence) says about HA, in the flags
+    /// and the `ha_up` gauge. The one place that decides it.
+    pub fn observe(&self, metrics: &Metrics, result: Result<(), crate::ha::HaErrorKind>) {
+        use crate::ha::HaErrorKind as K;
+        let (reachable, token_ok) = match result {
+            Ok(()) => (true, true),
+            Err(K::Unauthorized) => (true, false),
+            Err(K::Connect | K::Timeout | K::Transport | K::Server) => (false, Self::get(&self.ha_token_ok)),
+            Err(K::Rejected | K::RateLimited | K::InvalidResponse) => (true, true),
+        };
+        Self::set(&self.ha_reachable, reachable);
+        Self::set(&self.ha_token_ok, token_ok);
+        metrics.ha_up.set(i64::from(reachable && token_ok));
+    }
+
     pub fn set(flag: &AtomicBool, value: bool) {
         flag.store(value, Ordering::Relaxed);
     }

@@ -30,7 +30,7 @@ pub use ws::{parse, tls_config, Incoming};
 
 use crate::backoff::Backoff;
 use crate::ha::HaClient;
-use crate::metrics::Metrics;
+use crate::metrics::{Health, Metrics};
 use crate::topic::TopicPrefix;
 
 /// How often the websocket is pinged; a missing pong by the next ping ends it.
@@ -64,6 +64,7 @@ pub struct Mirror {
     pub client: AsyncClient,
     pub prefix: TopicPrefix,
     pub metrics: Metrics,
+    pub health: Arc<Health>,
     pub backoff: Backoff,
     /// Increments on every broker connection (ingress).
     pub mqtt_connections: watch::Receiver<u64>,
@@ -84,6 +85,7 @@ impl Mirror {
             let Err(e) = result else { break };
             if let SessionError::Auth(_) = e {
                 self.ha.gate.refused();
+                self.health.observe(&self.metrics, Err(crate::ha::HaErrorKind::Unauthorized));
             }
             let delay = self.backoff.delay(failures);
             failures = failures.saturating_add(1);

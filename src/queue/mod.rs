@@ -102,7 +102,7 @@ impl Executor {
                 .ha_calls
                 .with_label_values(&[metrics::status_class(result.as_ref().map(|r| r.status).map_err(|e| e.kind))])
                 .inc();
-            self.note_health(&result);
+            self.health.observe(&self.metrics, result.as_ref().map(|_| ()).map_err(|e| e.kind));
             let error = match result {
                 Ok(response) => return Outcome::done(response.status, response.changed),
                 Err(e) => e,
@@ -130,22 +130,6 @@ impl Executor {
                 Wait::Shutdown => return shutting_down(),
             }
         }
-    }
-
-    fn note_health(&self, result: &Result<crate::ha::CallResponse, HaError>) {
-        let (reachable, token_ok) = match result {
-            Ok(_) => (true, true),
-            Err(e) => match e.kind {
-                HaErrorKind::Unauthorized => (true, false),
-                HaErrorKind::Connect | HaErrorKind::Timeout | HaErrorKind::Transport | HaErrorKind::Server => {
-                    (false, Health::get(&self.health.ha_token_ok))
-                }
-                _ => (true, true),
-            },
-        };
-        Health::set(&self.health.ha_reachable, reachable);
-        Health::set(&self.health.ha_token_ok, token_ok);
-        self.metrics.ha_up.set(i64::from(reachable && token_ok));
     }
 }
 
