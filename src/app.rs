@@ -30,9 +30,6 @@ use crate::queue::{Dispatcher, Executor, RateLimiter, Slots};
 /// How long in-flight calls may take to finish at shutdown.
 pub const GRACE: Duration = Duration::from_secs(15);
 
-/// How often HA is probed (`GET /api/`) for readiness.
-pub const PROBE_EVERY: Duration = Duration::from_secs(15);
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} (metrics.listen): {source}")]
@@ -123,6 +120,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         state_options,
         config.state.filter.clone(),
         metrics.clone(),
+        &config.metrics.entities,
     ));
     let publisher = Publisher::new(
         client.clone(),
@@ -176,7 +174,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     tasks.spawn(mirror.run(shutdown.clone()));
     let gate = ha.gate.clone();
-    tasks.spawn(probe_ha(ha, Arc::clone(&health), metrics.clone(), shutdown.clone()));
+    let every = config.home_assistant.probe_interval;
+    tasks.spawn(probe_ha(ha, every, Arc::clone(&health), metrics.clone(), shutdown.clone()));
     let http_state = HttpState { metrics: metrics.clone(), health, slots: Arc::clone(&slots), gate };
     let http_stop = CancellationToken::new();
     tasks.spawn(http::serve(listener, http_state, http_stop.clone()));
@@ -203,7 +202,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
 /// Keeps `/readyz` honest while no commands flow: `GET /api/` now and then,
 /// never while the auth gate is closed (no hammering with a refused token).
-async fn probe_ha(ha: HaClient, health: Arc<Health>, metrics: Metrics, shutdown: CancellationToken) {
+async fn probe_ha(ha: HaClient, every: Duration, health: Arc<Health>, metrics: Metrics, shutdown: CancellationToken) {
     loop {
         let result = if ha.gate.wait_open(tokio::time::Instant::now()).await.is_ok() {
             ha.probe().await.map_err(|e| {
@@ -217,7 +216,7 @@ async fn probe_ha(ha: HaClient, health: Arc<Health>, metrics: Metrics, shutdown:
         health.observe(&metrics, result);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -7,7 +7,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::command::{ErrorCode, Outcome};
 
@@ -40,6 +43,8 @@ pub struct Metrics {
     /// Entities whose state the gateway publishes.
     pub mirrored_entities: IntGauge,
     pub state_publishes: IntCounter,
+    /// `[metrics.entities]`: HA states as gauges.
+    pub ha_entity_state: GaugeVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -107,6 +112,16 @@ impl Metrics {
                 "state_publishes_total",
                 "Retained state messages published (including clears)",
             ),
+            ha_entity_state: {
+                let opts = Opts::new(
+                    format!("{PREFIX}_ha_entity_state"),
+                    "State of a Home Assistant entity listed in [metrics.entities] (numbers as is, on/off as 1/0)",
+                );
+                let g =
+                    GaugeVec::new(opts, &["entity_id", "domain", "unit"]).expect("metric names are static and valid");
+                r.register(Box::new(g.clone())).expect("each metric is registered once");
+                g
+            },
             registry: r,
         };
         for code in ErrorCode::ALL {
@@ -117,6 +132,17 @@ impl Metrics {
             }
         }
         m.commands.with_label_values(&["done", ""]);
+        let build = IntGaugeVec::new(
+            Opts::new(format!("{PREFIX}_build_info"), "Always 1; the gateway's version"),
+            &["version"],
+        )
+        .expect("metric names are static and valid");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.registry.register(Box::new(build)).expect("each metric is registered once");
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("the process collector is registered once");
         for kind in ["call", "set", "get", "other"] {
             m.messages_received.with_label_values(&[kind]);
         }
@@ -145,6 +171,16 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The gauge value of an HA state: a number as is, on/off-like states as 1/0,
+/// anything else (unknown, unavailable, text) none.
+pub fn entity_state_value(state: &str) -> Option<f64> {
+    match state {
+        "on" | "open" | "home" | "true" | "locked" | "detected" => Some(1.0),
+        "off" | "closed" | "not_home" | "false" | "unlocked" | "clear" => Some(0.0),
+        s => s.parse::<f64>().ok().filter(|v| v.is_finite()),
     }
 }
 

@@ -23,7 +23,7 @@ pub use raw::RawConfig;
 use crate::access::AccessPolicy;
 use crate::backoff::Backoff;
 use crate::mirror::StateFilter;
-use crate::topic::TopicPrefix;
+use crate::topic::{EntityId, TopicPrefix};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "MQTT_HA_GATEWAY_";
@@ -88,6 +88,7 @@ pub struct HaConfig {
     pub max_attempts: NonZeroU32,
     pub retry: Backoff,
     pub auth_backoff: Duration,
+    pub probe_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +112,8 @@ pub struct StateConfig {
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
+    /// Entities exported as `ha_entity_state` gauges.
+    pub entities: Vec<EntityId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,12 +234,22 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         "metrics.listen",
         raw.metrics.listen.parse::<SocketAddr>().map_err(|e| format!("{e} (expected ip:port)")),
     );
+    let mut entities = Vec::new();
+    for (i, id) in raw.metrics.entities.include.iter().enumerate() {
+        match EntityId::parse(id) {
+            Some(e) => entities.push(e),
+            None => v.error(
+                &format!("metrics.entities.include[{i}]"),
+                format!("{id:?} is not an entity id (domain.object_id; no globs: list each entity)"),
+            ),
+        }
+    }
     let log = v.log(raw.log);
     match (mqtt, home_assistant, queue, access, state, listen, log) {
         (Some(mqtt), Some(home_assistant), Some(queue), Some(access), Some(state), Some(listen), Some(log))
             if v.errors.is_empty() =>
         {
-            Ok(Config { mqtt, home_assistant, queue, access, state, metrics: MetricsConfig { listen }, log })
+            Ok(Config { mqtt, home_assistant, queue, access, state, metrics: MetricsConfig { listen, entities }, log })
         }
         _ => Err(ConfigErrors(v.errors)),
     }
@@ -409,6 +422,7 @@ impl Validator {
         let retry =
             self.backoff(("home_assistant.retry_min", "home_assistant.retry_max"), &raw.retry_min, &raw.retry_max);
         let auth_backoff = self.duration("home_assistant.auth_backoff", &raw.auth_backoff);
+        let probe_interval = self.duration("home_assistant.probe_interval", &raw.probe_interval);
         Some(HaConfig {
             url: url?,
             token: token?,
@@ -419,6 +433,7 @@ impl Validator {
             max_attempts: max_attempts?,
             retry: retry?,
             auth_backoff: auth_backoff?,
+            probe_interval: probe_interval?,
         })
     }
 

@@ -99,6 +99,8 @@ pub struct RawHomeAssistant {
     pub retry_max: String,
     /// After a 401/403, how long nothing is sent before one probe.
     pub auth_backoff: String,
+    /// How often `GET /api/` checks HA for `/readyz` (never while the token is refused).
+    pub probe_interval: String,
 }
 
 impl Default for RawHomeAssistant {
@@ -115,6 +117,7 @@ impl Default for RawHomeAssistant {
             retry_min: "250ms".into(),
             retry_max: "10s".into(),
             auth_backoff: "30s".into(),
+            probe_interval: "15s".into(),
         }
     }
 }
@@ -184,11 +187,22 @@ impl Default for RawState {
 pub struct RawMetrics {
     /// Address for `GET /metrics`, `/healthz`, `/readyz`. Loopback by default.
     pub listen: String,
+    /// `[metrics.entities]`: HA entities exported as gauges.
+    pub entities: RawMetricEntities,
+}
+
+/// `[metrics.entities]`: an explicit list, so cardinality stays bounded.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetricEntities {
+    /// Entity ids (exact, no globs) whose numeric or on/off state becomes
+    /// `mqtt_ha_gateway_ha_entity_state{entity_id,domain,unit}`.
+    pub include: Vec<String>,
 }
 
 impl Default for RawMetrics {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9184".into() }
+        Self { listen: "127.0.0.1:9184".into(), entities: RawMetricEntities::default() }
     }
 }
 

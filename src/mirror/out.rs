@@ -110,6 +110,8 @@ pub struct StateOut {
     metrics: Metrics,
     /// Held across the publish, so decisions and sends keep one order.
     known: Mutex<HashMap<String, Known>>,
+    /// `[metrics.entities]`: entity id → the unit label of its current series.
+    exported: std::sync::Mutex<HashMap<String, Option<String>>>,
 }
 
 impl StateOut {
@@ -119,8 +121,36 @@ impl StateOut {
         options: StateOptions,
         filter: StateFilter,
         metrics: Metrics,
+        exported: &[EntityId],
     ) -> Self {
-        Self { client, prefix, options, filter, metrics, known: Mutex::new(HashMap::new()) }
+        let exported = exported.iter().map(|e| (e.to_string(), None)).collect();
+        Self {
+            client,
+            prefix,
+            options,
+            filter,
+            metrics,
+            known: Mutex::new(HashMap::new()),
+            exported: std::sync::Mutex::new(exported),
+        }
+    }
+
+    /// Keeps `ha_entity_state` for the entities in `[metrics.entities]`.
+    fn export(&self, entity_id: &str, state: Option<&Value>) {
+        let mut exported = self.exported.lock().expect("exported lock is never poisoned: no panics under it");
+        let Some(series) = exported.get_mut(entity_id) else { return };
+        let domain = entity_id.split_once('.').map_or("", |(d, _)| d);
+        if let Some(unit) = series.take() {
+            let _ = self.metrics.ha_entity_state.remove_label_values(&[entity_id, domain, &unit]);
+        }
+        let Some(state) = state else { return };
+        let Some(value) = state.get("state").and_then(Value::as_str).and_then(crate::metrics::entity_state_value)
+        else {
+            return;
+        };
+        let unit = state.pointer("/attributes/unit_of_measurement").and_then(Value::as_str).unwrap_or("").to_owned();
+        self.metrics.ha_entity_state.with_label_values(&[entity_id, domain, &unit]).set(value);
+        *series = Some(unit);
     }
 
     pub fn filter(&self) -> &StateFilter {
@@ -141,6 +171,7 @@ impl StateOut {
     async fn publish(&self, state: &Value, touched: bool, force: bool) -> Published {
         let Some(msgs) = state_messages(&self.prefix, self.options, state) else { return Published::Ignored };
         let id = msgs.entity.to_string();
+        self.export(&id, Some(state));
         if self.filter.excluded(&id) {
             return Published::Ignored;
         }
@@ -186,6 +217,7 @@ impl StateOut {
 
     /// The entity no longer exists in HA: clear its retained topics.
     pub async fn removed(&self, entity_id: &str) {
+        self.export(entity_id, None);
         let mut known = self.known.lock().await;
         let Some(k) = known.remove(entity_id) else { return };
         self.metrics.mirrored_entities.set(known.len() as i64);

@@ -6,5 +6,6 @@ mod config_cli;
 mod faults;
 mod lifecycle;
 mod mirror;
+mod observability;
 mod queue;
 mod support;

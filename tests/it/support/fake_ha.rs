@@ -66,6 +66,8 @@ pub struct FakeHa {
     pub(super) events: tokio::sync::broadcast::Sender<Value>,
     /// Websocket control: connections open now, refuse new ones, drop all.
     pub(super) ws: Arc<super::fake_ws::WsControl>,
+    /// Stops the HTTP server (see `stop`).
+    server: Arc<Mutex<tokio_util::sync::CancellationToken>>,
 }
 
 impl FakeHa {
@@ -79,16 +81,48 @@ impl FakeHa {
             changed: Arc::new(tokio::sync::Notify::new()),
             events: tokio::sync::broadcast::channel(100_000).0,
             ws: Default::default(),
+            server: Default::default(),
         };
+        ha.serve(listener);
+        ha
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
         let app = Router::new()
             .route("/api/", get(api_root))
             .route("/api/states", get(all_states))
             .route("/api/states/{entity_id}", get(one_state))
             .route("/api/websocket", get(super::fake_ws::upgrade))
             .route("/api/services/{domain}/{service}", post(service))
-            .with_state(ha.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        ha
+            .with_state(self.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        *self.server.lock().unwrap() = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap()
+        });
+    }
+
+    /// HA goes away: the port stops answering and websockets close.
+    pub fn stop(&self) {
+        self.drop_websockets(true);
+        self.server.lock().unwrap().cancel();
+    }
+
+    /// HA is back on the same port.
+    pub async fn restart(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("cannot rebind {}: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+        self.accept_websockets();
     }
 
     pub fn url(&self) -> String {
