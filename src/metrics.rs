@@ -30,6 +30,9 @@ pub struct Metrics {
     /// Receipt to final outcome.
     pub command_latency: Histogram,
     pub retries: IntCounter,
+    /// HA calls that waited for the rate limit, and the seconds they waited.
+    pub rate_limited: IntCounter,
+    pub rate_limit_wait: prometheus::Counter,
     pub duplicates: IntCounter,
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,
@@ -93,6 +96,16 @@ impl Metrics {
                 "From receipt of a command to its final outcome",
             ),
             retries: counter(&r, "retries_total", "HA calls retried"),
+            rate_limited: counter(&r, "rate_limited_total", "HA calls that waited for the rate limit"),
+            rate_limit_wait: {
+                let c = prometheus::Counter::new(
+                    format!("{PREFIX}_rate_limit_wait_seconds_total"),
+                    "Seconds HA calls waited for the rate limit",
+                )
+                .expect("metric names are static and valid");
+                r.register(Box::new(c.clone())).expect("each metric is registered once");
+                c
+            },
             duplicates: counter(&r, "duplicates_total", "Redelivered commands recognised and not run again"),
             queue_depth: gauge(&r, "queue_depth", "Commands held (waiting and in flight)"),
             queue_capacity: gauge(&r, "queue_capacity", "Commands held at most"),

@@ -56,6 +56,8 @@ if [ -z "${SUPERVISOR_TOKEN:-}" ] && [ "$mode" != print ]; then
 fi
 
 export MQTT_HA_GATEWAY_HOME_ASSISTANT__URL="http://supervisor/core"
+# The Supervisor proxies HA's websocket API (the state mirror) at /core/websocket.
+export MQTT_HA_GATEWAY_HOME_ASSISTANT__WEBSOCKET_URL="ws://supervisor/core/websocket"
 set_env MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN "${SUPERVISOR_TOKEN:-}"
 set_env MQTT_HA_GATEWAY_MQTT__URL "$(opt mqtt_url)"
 set_env MQTT_HA_GATEWAY_MQTT__USERNAME "$(opt mqtt_username)"

@@ -90,7 +90,12 @@ impl Executor {
                     "token refused until the command expired".to_owned(),
                 );
             }
-            match self.wait(Instant::now() + self.limiter.reserve(), cmd.deadline).await {
+            let slot = self.limiter.reserve();
+            if !slot.is_zero() {
+                self.metrics.rate_limited.inc();
+                self.metrics.rate_limit_wait.inc_by(slot.as_secs_f64());
+            }
+            match self.wait(Instant::now() + slot, cmd.deadline).await {
                 Wait::Done => {}
                 Wait::Deadline => return expired(last),
                 Wait::Shutdown => return shutting_down(),

@@ -72,6 +72,8 @@ async fn the_rate_limit_is_respected() {
             at - first
         );
     }
+    assert!(env.gateway.metric("rate_limited_total") >= 19.0, "the calls beyond the burst waited");
+    assert!(env.gateway.metric("rate_limit_wait_seconds_total") > 1.0);
     env.gateway.stop().await;
 }
 
