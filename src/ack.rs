@@ -30,6 +30,8 @@ pub enum Registration {
 
 #[derive(Debug)]
 struct Entry {
+    /// Final outcomes still to come (routes can make several commands of one message).
+    parts: usize,
     pkid: u16,
     fingerprint: u64,
     done: bool,
@@ -69,14 +71,25 @@ impl AckTracker {
             }
         }
         let seq = self.next_unacked();
-        self.entries.insert(seq, Entry { pkid, fingerprint, done: false, orphan: false });
+        self.entries.insert(seq, Entry { parts: 1, pkid, fingerprint, done: false, orphan: false });
         self.order.push_back(seq);
         Registration::New(seq)
     }
 
-    /// Marks `seq` final; returns the packet ids that may be acked now, in order.
+    /// The message `seq` ends only after `parts` final outcomes (at least 1).
+    pub fn set_parts(&mut self, seq: u64, parts: usize) {
+        if let Some(entry) = self.entries.get_mut(&seq) {
+            entry.parts = parts.max(1);
+        }
+    }
+
+    /// One final outcome for `seq`; returns the packet ids that may be acked now, in order.
     pub fn complete(&mut self, seq: u64) -> Vec<u16> {
         if let Some(entry) = self.entries.get_mut(&seq) {
+            entry.parts = entry.parts.saturating_sub(1);
+            if entry.parts > 0 {
+                return Vec::new();
+            }
             entry.done = true;
             if entry.orphan {
                 // Waits for its redelivery; nothing to send on this connection.
@@ -202,6 +215,16 @@ mod tests {
         assert_eq!(t.complete(b), Vec::<u16>::new());
         assert_eq!(t.complete(a), vec![10, 11, 12]);
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_message_with_several_parts_is_acked_after_the_last() {
+        let mut t = AckTracker::default();
+        let Registration::New(a) = t.register(1, 1, false) else { panic!() };
+        t.set_parts(a, 3);
+        assert!(t.complete(a).is_empty());
+        assert!(t.complete(a).is_empty());
+        assert_eq!(t.complete(a), vec![1]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,11 +21,12 @@ use crate::ack::{AckTracker, Acker};
 use crate::config::Config;
 use crate::ha::{token_channel, watch_token, AuthGate, HaClient};
 use crate::http::{self, HttpState};
-use crate::ingress::{self, Ingress, Outputs};
+use crate::ingress::{self, Ingress, Outputs, Rules};
 use crate::metrics::{Health, Metrics};
 use crate::mirror::{tls_config, Mirror, StateOptions, StateOut};
 use crate::publisher::{Publisher, Report};
 use crate::queue::{Dispatcher, Executor, RateLimiter, Slots};
+use crate::reload::Reloader;
 
 /// How long in-flight calls may take to finish at shutdown.
 pub const GRACE: Duration = Duration::from_secs(15);
@@ -50,7 +51,8 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     pub metrics: Metrics,
     /// Wakes the token watcher (SIGHUP).
-    pub reload: Arc<Notify>,
+    /// Counts SIGHUPs: re-read the token file, reload rules and routes.
+    pub hup: watch::Sender<u64>,
     done: JoinHandle<()>,
 }
 
@@ -63,8 +65,17 @@ impl Running {
     }
 }
 
+/// How to run, beyond the config file.
+#[derive(Default)]
+pub struct Options {
+    /// Report the service calls that would be made, without making them.
+    pub dry_run: bool,
+    /// Reload access rules and routes on SIGHUP and file changes.
+    pub reloader: Option<Reloader>,
+}
+
 /// Starts every stage; returns once the metrics port is bound.
-pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+pub async fn start(config: Config, options: Options, shutdown: CancellationToken) -> Result<Running, StartError> {
     let listener = TcpListener::bind(config.metrics.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.metrics.listen, source })?;
@@ -83,11 +94,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let ha = HaClient::new(&config.home_assistant, gate)?;
 
     let receive_maximum = u16::try_from(capacity).unwrap_or(u16::MAX);
-    let options = ingress::options(&config.mqtt, receive_maximum)?;
-    let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, ingress::REQUEST_CHANNEL);
+    let mqtt_options = ingress::options(&config.mqtt, receive_maximum)?;
+    let (client, eventloop) = rumqttc::v5::AsyncClient::new(mqtt_options, ingress::REQUEST_CHANNEL);
     tracing::info!(broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), client_id = %config.mqtt.client_id, "connecting to the mqtt broker");
 
     let tracker = Arc::new(Mutex::new(AckTracker::default()));
+    let rules = Rules { access: config.access.clone(), routes: Arc::clone(&config.routes) };
+    let (rules_tx, rules_rx) = watch::channel(Arc::new(rules));
+    if options.dry_run {
+        tracing::warn!("dry run: service calls are logged and published as results, not sent to home assistant");
+    }
     let (connections_tx, connections_rx) = watch::channel(0u64);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (report_tx, report_rx) = mpsc::unbounded_channel::<Report>();
@@ -95,7 +111,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let tasks = TaskTracker::new();
     let stop_polling = CancellationToken::new();
-    let reload = Arc::new(Notify::new());
+    let (hup, hup_rx) = watch::channel(0u64);
 
     let executor = Arc::new(Executor {
         ha: ha.clone(),
@@ -105,6 +121,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics: metrics.clone(),
         health: Arc::clone(&health),
         shutdown: shutdown.clone(),
+        dry_run: options.dry_run,
     });
     let dispatcher = Dispatcher { executor, concurrency: config.queue.concurrency };
     let pipeline = TaskTracker::new();
@@ -142,7 +159,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         client,
         eventloop,
         config: config.mqtt.clone(),
-        access: config.access.clone(),
+        rules: rules_rx,
+        route_subscriptions: Vec::new(),
+        next_id: 0,
         tracker,
         metrics: metrics.clone(),
         health: Arc::clone(&health),
@@ -154,7 +173,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };
     tasks.spawn(ingress.run(outputs, shutdown.clone(), stop_polling.clone()));
-    tasks.spawn(watch_token(config.home_assistant.token.clone(), token_tx, Arc::clone(&reload), shutdown.clone()));
+    tasks.spawn(watch_token(config.home_assistant.token.clone(), token_tx, hup_rx.clone(), shutdown.clone()));
+    if let Some(reloader) = options.reloader {
+        tasks.spawn(reloader.run(rules_tx, hup_rx, shutdown.clone()));
+    }
     let websocket_url = config.home_assistant.websocket_url.clone().unwrap_or_else(|| ha.websocket_url());
     let tls = match websocket_url.scheme() {
         "wss" => Some(tls_config(config.home_assistant.ca_file.as_deref()).map_err(StartError::Tls)?),
@@ -197,7 +219,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         tracing::info!("stopped");
     });
-    Ok(Running { metrics_addr, metrics, reload, done })
+    Ok(Running { metrics_addr, metrics, hup, done })
 }
 
 /// Keeps `/readyz` honest while no commands flow: `GET /api/` now and then,

@@ -155,10 +155,18 @@ pub enum ErrorCode {
     /// The command was published with the retain flag: ignored, since it
     /// would replay at every restart.
     Retained,
+    /// A route's template failed to render (or rendered no valid service).
+    TemplateError,
+    /// Route flow control: replaced by a later value before it was sent.
+    Debounced,
+    /// Route flow control: over the route's `throttle` rate.
+    Throttled,
+    /// Route flow control (`latest_wins`): replaced by a newer call while queued.
+    Coalesced,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::InvalidTopic,
         Self::InvalidJson,
         Self::InvalidPayload,
@@ -173,6 +181,10 @@ impl ErrorCode {
         Self::HaTimeout,
         Self::ShuttingDown,
         Self::Retained,
+        Self::TemplateError,
+        Self::Debounced,
+        Self::Throttled,
+        Self::Coalesced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -191,6 +203,10 @@ impl ErrorCode {
             Self::HaTimeout => "ha_timeout",
             Self::ShuttingDown => "shutting_down",
             Self::Retained => "retained",
+            Self::TemplateError => "template_error",
+            Self::Debounced => "debounced",
+            Self::Throttled => "throttled",
+            Self::Coalesced => "coalesced",
         }
     }
 }
@@ -231,11 +247,17 @@ impl Outcome {
 /// A translated, admitted command on its way to Home Assistant.
 #[derive(Debug)]
 pub struct Command {
-    /// Arrival sequence number (also the acknowledgement handle).
+    /// Unique per command (one message can make several, through routes).
+    pub id: u64,
+    /// The message's sequence number: the acknowledgement handle.
     pub seq: u64,
     pub action: Action,
     pub reply: ReplyTo,
     pub received_at: Instant,
     /// Not executed after this instant (`queue.max_age`, MQTT 5 message expiry).
     pub deadline: Instant,
+    /// The route that made it, if any.
+    pub route: Option<std::sync::Arc<str>>,
+    /// The route's flow control, with the key it applies per (route + target).
+    pub flow: Option<(crate::routes::FlowSpec, String)>,
 }

@@ -29,6 +29,7 @@ use crate::metrics::{Health, Metrics};
 use crate::mirror::StateFilter;
 use crate::publisher::Report;
 use crate::queue::Slots;
+use crate::routes::{RouteResult, RouteTable};
 use crate::topic::CommandTopic;
 use crate::translate::{translate, MAX_PAYLOAD};
 
@@ -96,17 +97,18 @@ fn tls_transport(config: &MqttConfig) -> Result<Transport, MqttSetupError> {
     })
 }
 
+/// What a reload can change without a restart.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub access: AccessPolicy,
+    pub routes: Arc<RouteTable>,
+}
+
 /// A registered message not yet admitted.
 pub struct Parked {
     publish: Publish,
     seq: u64,
     received_at: Instant,
-}
-
-/// Whether a message would take a queue slot if admitted (commands do;
-/// retained ones, which are only reported, need not wait for one).
-fn publish_needs_slot(publish: &Publish) -> bool {
-    !publish.retain
 }
 
 /// Where ingress sends what it produced.
@@ -120,7 +122,12 @@ pub struct Ingress {
     pub client: AsyncClient,
     pub eventloop: EventLoop,
     pub config: MqttConfig,
-    pub access: AccessPolicy,
+    /// Access rules and routes; replaced on reload.
+    pub rules: watch::Receiver<Arc<Rules>>,
+    /// The route filters subscribed now.
+    pub route_subscriptions: Vec<String>,
+    /// Ids for commands (a routed message can make several).
+    pub next_id: u64,
     pub tracker: Arc<Mutex<AckTracker>>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
@@ -149,6 +156,10 @@ impl Ingress {
                 _ = stop_polling.cancelled() => break,
                 _ = stop_taking.cancelled(), if outputs.is_some() => {
                     outputs = None;
+                    continue;
+                }
+                Ok(()) = self.rules.changed() => {
+                    self.rules_changed();
                     continue;
                 }
                 _ = self.slots.freed(), if !self.overflow.is_empty() && outputs.is_some() => {
@@ -214,21 +225,7 @@ impl Ingress {
             "connected to the mqtt broker"
         );
         self.tracker.lock().expect("ack tracker lock is never poisoned").reconnected(session_present);
-        // Subscribe on every ConnAck, not only without a session: a kept
-        // session may lack them (a crash between CONNECT and SUBSCRIBE, a new
-        // topic prefix). Re-subscribing an existing filter is harmless, and
-        // Retain Handling 1 sends retained messages only for new ones.
-        let filters = self.config.prefix.command_filters().map(|path| Filter {
-            path,
-            qos: QoS::AtLeastOnce,
-            nolocal: true,
-            // Retain As Published: a retained command keeps its flag so we can ignore it.
-            preserve_retain: true,
-            retain_forward_rule: RetainForwardRule::OnNewSubscribe,
-        });
-        if let Err(e) = self.client.try_subscribe_many(filters) {
-            tracing::error!(error = %e, "could not subscribe");
-        }
+        self.subscribe_all();
         if let Err(e) = self.client.try_publish(self.config.prefix.status(), QoS::AtLeastOnce, true, "online") {
             tracing::warn!(error = %e, "could not publish online status");
         }
@@ -258,7 +255,7 @@ impl Ingress {
         };
         let incoming = Parked { publish, seq, received_at };
         let qos1 = incoming.publish.qos != QoS::AtMostOnce;
-        if qos1 && publish_needs_slot(&incoming.publish) && (!self.overflow.is_empty() || self.slots.is_full()) {
+        if qos1 && self.needs_slot(&incoming.publish) && (!self.overflow.is_empty() || self.slots.is_full()) {
             // The broker sent more than our Receive Maximum: hold the message
             // unparsed, in order, until a slot frees.
             if self.overflow.is_empty() {
@@ -269,6 +266,63 @@ impl Ingress {
             return;
         }
         self.admit(incoming, out);
+    }
+
+    /// Whether a message would take a queue slot if admitted: commands and
+    /// routed messages do; retained commands, which are only reported, do not.
+    fn needs_slot(&self, publish: &Publish) -> bool {
+        !publish.retain || !self.is_command_topic(&publish.topic)
+    }
+
+    fn is_command_topic(&self, topic: &[u8]) -> bool {
+        let prefix = self.config.prefix.as_str().as_bytes();
+        topic.len() > prefix.len() && topic.starts_with(prefix) && topic[prefix.len()] == b'/'
+    }
+
+    /// Subscribes the command topics and the routes' filters.
+    fn subscribe_all(&mut self) {
+        // Subscribe on every ConnAck, not only without a session: a kept
+        // session may lack them (a crash between CONNECT and SUBSCRIBE, a new
+        // topic prefix). Re-subscribing an existing filter is harmless, and
+        // Retain Handling 1 sends retained messages only for new ones.
+        let mut filters: Vec<Filter> = self
+            .config
+            .prefix
+            .command_filters()
+            .into_iter()
+            .map(|path| Filter {
+                path,
+                qos: QoS::AtLeastOnce,
+                nolocal: true,
+                // Retain As Published: a retained command keeps its flag so we can ignore it.
+                preserve_retain: true,
+                retain_forward_rule: RetainForwardRule::OnNewSubscribe,
+            })
+            .collect();
+        self.route_subscriptions = self.rules.borrow().routes.subscriptions();
+        filters.extend(self.route_subscriptions.iter().cloned().map(route_filter));
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            tracing::error!(error = %e, "could not subscribe");
+        }
+    }
+
+    /// New rules: subscribe the routes' new filters, drop the old ones.
+    fn rules_changed(&mut self) {
+        let wanted = self.rules.borrow_and_update().routes.subscriptions();
+        let added: Vec<Filter> =
+            wanted.iter().filter(|f| !self.route_subscriptions.contains(f)).cloned().map(route_filter).collect();
+        let removed: Vec<&String> = self.route_subscriptions.iter().filter(|f| !wanted.contains(f)).collect();
+        for filter in removed {
+            if let Err(e) = self.client.try_unsubscribe(filter.clone()) {
+                tracing::warn!(error = %e, filter = %filter, "could not unsubscribe");
+            }
+        }
+        if !added.is_empty() {
+            if let Err(e) = self.client.try_subscribe_many(added) {
+                tracing::error!(error = %e, "could not subscribe to new routes");
+            }
+        }
+        self.route_subscriptions = wanted;
     }
 
     /// Admits parked commands while slots are free.
@@ -284,6 +338,10 @@ impl Ingress {
 
     /// Parses, checks and queues one command, or reports why not.
     fn admit(&mut self, incoming: Parked, out: &Outputs) {
+        if !self.is_command_topic(&incoming.publish.topic) {
+            self.admit_routed(incoming, out);
+            return;
+        }
         let Parked { publish, seq, received_at } = incoming;
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let parsed = self.config.prefix.parse_command(&topic);
@@ -310,6 +368,8 @@ impl Ingress {
             received_at,
             held: false,
             get: false,
+            route: None,
+            call: None,
         };
         if publish.retain {
             let _ = out.reports.send(reject(
@@ -341,6 +401,8 @@ impl Ingress {
         let service = Some(action.result_service());
         let denied = match &action {
             Action::Call(call) => self
+                .rules
+                .borrow()
                 .access
                 .check(call)
                 .err()
@@ -366,11 +428,89 @@ impl Ingress {
         };
         self.metrics.queue_depth.set(held as i64);
         let max_age = expiry.map_or(self.max_age, |e| e.min(self.max_age));
-        let command = Command { seq, action, reply, received_at, deadline: received_at + max_age };
+        self.next_id += 1;
+        let deadline = received_at + max_age;
+        let command = Command { id: self.next_id, seq, action, reply, received_at, deadline, route: None, flow: None };
         if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
             // Only at shutdown: leave it unacked for the next session.
             self.slots.release();
             tracing::debug!(seq = command.seq, "queue closed; command left for the next session");
+        }
+    }
+
+    /// A message on a route's topic: every matching route's call goes to the
+    /// queue (or its failure to the publisher); the message is acked when
+    /// all of them are final, at once if no route applies.
+    fn admit_routed(&mut self, incoming: Parked, out: &Outputs) {
+        let Parked { publish, seq, received_at } = incoming;
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        self.metrics.messages_received.with_label_values(&["route"]).inc();
+        let rules = Arc::clone(&self.rules.borrow());
+        let results = rules.routes.evaluate(&topic, &publish.payload);
+        let parts = results.iter().filter(|r| !matches!(r, RouteResult::Skipped { .. })).count();
+        if parts == 0 {
+            self.metrics.route_skipped.inc();
+            let _ = out.acks.send(AckMsg::Complete(seq));
+            return;
+        }
+        self.tracker.lock().expect("ack tracker lock is never poisoned").set_parts(seq, parts);
+        let qos0 = publish.qos == QoS::AtMostOnce;
+        for result in results {
+            let report = |route, code, service, detail: String| Report {
+                seq,
+                service,
+                topic: Some(topic.clone()),
+                reply: ReplyTo::default(),
+                outcome: Outcome::failed(code, None, detail),
+                received_at,
+                held: false,
+                get: false,
+                route: Some(route),
+                call: None,
+            };
+            let (route, call, flow) = match result {
+                RouteResult::Skipped { .. } => continue,
+                RouteResult::Failed { route, code, detail } => {
+                    tracing::debug!(route = %route, error = %code, detail, "route failed");
+                    let _ = out.reports.send(report(route, code, None, detail));
+                    continue;
+                }
+                RouteResult::Call { route, call, flow, flow_key } => {
+                    (route, call, (!flow.is_plain()).then_some((flow, flow_key)))
+                }
+            };
+            let service = Some((call.domain.clone(), call.service.clone()));
+            if let Err(code) = rules.access.check(&call) {
+                let detail = format!("{} is not in access.allow_services", call.name());
+                let _ = out.reports.send(report(route, code, service, detail));
+                continue;
+            }
+            // A QoS 1 message was admitted for its slot; its further calls take theirs too.
+            let held = if qos0 { self.slots.try_take() } else { Some(self.slots.take()) };
+            let Some(held) = held else {
+                let _ = out.reports.send(report(
+                    route,
+                    ErrorCode::QueueFull,
+                    service,
+                    "queue full; QoS 0 message dropped".into(),
+                ));
+                continue;
+            };
+            self.metrics.queue_depth.set(held as i64);
+            self.next_id += 1;
+            let command = Command {
+                id: self.next_id,
+                seq,
+                action: Action::Call(call),
+                reply: ReplyTo::default(),
+                received_at,
+                deadline: received_at + self.max_age,
+                route: Some(route),
+                flow,
+            };
+            if out.commands.send(command).is_err() {
+                self.slots.release();
+            }
         }
     }
 
@@ -387,6 +527,19 @@ impl Ingress {
             }
         }
         self.set_connected(false);
+    }
+}
+
+/// A route's subscription: QoS 1, and Retain Handling 2 — a device's
+/// retained state is not replayed as a fresh event at every (re)subscribe,
+/// while live messages count whatever their retain flag.
+fn route_filter(path: String) -> Filter {
+    Filter {
+        path,
+        qos: QoS::AtLeastOnce,
+        nolocal: true,
+        preserve_retain: false,
+        retain_forward_rule: RetainForwardRule::Never,
     }
 }
 

@@ -6,12 +6,14 @@
 //! - [`config`]: load and validate settings (the only reader of env vars).
 //! - [`ingress`]: the MQTT connection; turns messages into commands.
 //! - [`topic`], [`translate`], [`access`]: pure parsing, payload rules, policy.
+//! - [`routes`]: `[[route]]` filters and templates: any device's messages → calls.
 //! - [`queue`]: per-entity order, concurrency, rate limit, expiry, retries.
 //! - [`ha`]: the Home Assistant REST client and its token gate.
 //! - [`publisher`]: results back to MQTT; frees slots.
 //! - [`mirror`]: HA's states, live, as retained MQTT messages (websocket).
 //! - [`ack`]: PUBACKs in arrival order once outcomes are final.
 //! - [`metrics`], [`http`]: Prometheus metrics and health endpoints.
+//! - [`reload`]: SIGHUP / file change → new access rules and routes.
 //! - [`app`]: wiring and shutdown; the only module that knows all others.
 #![forbid(unsafe_code)]
 
@@ -28,5 +30,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod publisher;
 pub mod queue;
+pub mod reload;
+pub mod routes;
 pub mod topic;
 pub mod translate;

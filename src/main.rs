@@ -5,12 +5,14 @@
 //! runtime error exits 1.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use mqtt_ha_gateway::app::Options;
 use mqtt_ha_gateway::config::{self, Config, LogFormat};
+use mqtt_ha_gateway::reload::Reloader;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for an invalid configuration (EX_USAGE).
@@ -34,7 +36,14 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log and publish the service calls that would be made, without
+        /// making them: for wiring up a device safely.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Validate the config and print every problem with its key path.
     Check {
         #[command(flatten)]
@@ -53,7 +62,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Run(ConfigArg { config }) => run(&config),
+        Cmd::Run { config: ConfigArg { config }, dry_run } => run(&config, dry_run),
         Cmd::Check { config: ConfigArg { config }, online } => check(&config, online),
         Cmd::Health { url } => health(&url),
     }
@@ -63,6 +72,12 @@ fn load(path: &PathBuf) -> Result<Config, config::ConfigErrors> {
     let explicit =
         std::env::var_os("MQTT_HA_GATEWAY_CONFIG").is_some() || path != &PathBuf::from("config/gateway.toml");
     config::load(path, explicit, std::env::vars())
+}
+
+/// Reloads from the same file and environment; watches the file and `routes.d/`.
+fn reloader(path: &Path) -> Reloader {
+    let path_buf = path.to_path_buf();
+    Reloader { load: Box::new(move || load(&path_buf)), watch: vec![path.to_path_buf(), config::routes_dir(path)] }
 }
 
 fn init_logging(config: &Config) {
@@ -91,7 +106,7 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn run(path: &PathBuf) -> ExitCode {
+fn run(path: &PathBuf, dry_run: bool) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -103,24 +118,25 @@ fn run(path: &PathBuf) -> ExitCode {
     install_crypto();
     runtime().block_on(async move {
         let shutdown = CancellationToken::new();
-        let running = match mqtt_ha_gateway::app::start(config, shutdown.clone()).await {
+        let options = Options { dry_run, reloader: Some(reloader(path)) };
+        let running = match mqtt_ha_gateway::app::start(config, options, shutdown.clone()).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
                 return ExitCode::FAILURE;
             }
         };
-        let reload = running.reload.clone();
-        tokio::spawn(wait_for_signals(shutdown.clone(), reload));
+        let hup = running.hup.clone();
+        tokio::spawn(wait_for_signals(shutdown.clone(), hup));
         running.wait().await;
         ExitCode::SUCCESS
     })
 }
 
 #[cfg(unix)]
-async fn wait_for_signals(shutdown: CancellationToken, reload: std::sync::Arc<tokio::sync::Notify>) {
+async fn wait_for_signals(shutdown: CancellationToken, hup: tokio::sync::watch::Sender<u64>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+    let (Ok(mut term), Ok(mut int), Ok(mut hangup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
     else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
@@ -130,9 +146,9 @@ async fn wait_for_signals(shutdown: CancellationToken, reload: std::sync::Arc<to
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: re-reading the token file");
-                reload.notify_one();
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: re-reading the token file, reloading access rules and routes");
+                hup.send_modify(|n| *n += 1);
             }
         }
     }
@@ -140,7 +156,7 @@ async fn wait_for_signals(shutdown: CancellationToken, reload: std::sync::Arc<to
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(shutdown: CancellationToken, _reload: std::sync::Arc<tokio::sync::Notify>) {
+async fn wait_for_signals(shutdown: CancellationToken, _hup: tokio::sync::watch::Sender<u64>) {
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
 }

@@ -20,7 +20,7 @@ pub const PREFIX: &str = "mqtt_ha_gateway";
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Messages received on command topics, by `kind` (call, set, get, other).
+    /// Messages received on command topics, by `kind` (call, set, get, route, other).
     pub messages_received: IntCounterVec,
     /// Commands by final `outcome` (done, rejected, failed, expired, ignored) and `reason`.
     pub commands: IntCounterVec,
@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Receipt to final outcome.
     pub command_latency: Histogram,
     pub retries: IntCounter,
+    /// Messages on route topics that no route turned into a call (`when` false, no `map` entry).
+    pub route_skipped: IntCounter,
     /// HA calls that waited for the rate limit, and the seconds they waited.
     pub rate_limited: IntCounter,
     pub rate_limit_wait: prometheus::Counter,
@@ -96,6 +98,11 @@ impl Metrics {
                 "From receipt of a command to its final outcome",
             ),
             retries: counter(&r, "retries_total", "HA calls retried"),
+            route_skipped: counter(
+                &r,
+                "route_skipped_total",
+                "Route messages that made no call (when false, no map entry)",
+            ),
             rate_limited: counter(&r, "rate_limited_total", "HA calls that waited for the rate limit"),
             rate_limit_wait: {
                 let c = prometheus::Counter::new(
@@ -156,7 +163,7 @@ impl Metrics {
         m.registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("the process collector is registered once");
-        for kind in ["call", "set", "get", "other"] {
+        for kind in ["call", "set", "get", "route", "other"] {
             m.messages_received.with_label_values(&[kind]);
         }
         m
@@ -201,7 +208,11 @@ pub fn entity_state_value(state: &str) -> Option<f64> {
 pub fn outcome_label(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::Expired => "expired",
-        ErrorCode::Retained | ErrorCode::ShuttingDown => "ignored",
+        ErrorCode::Retained
+        | ErrorCode::ShuttingDown
+        | ErrorCode::Debounced
+        | ErrorCode::Throttled
+        | ErrorCode::Coalesced => "ignored",
         ErrorCode::HaError | ErrorCode::HaUnauthorized | ErrorCode::HaUnavailable | ErrorCode::HaTimeout => "failed",
         _ => "rejected",
     }

@@ -39,6 +39,10 @@ pub struct Report {
     pub held: bool,
     /// A get: its state is the answer, no result unless it failed.
     pub get: bool,
+    /// The route that made the command, if any.
+    pub route: Option<std::sync::Arc<str>>,
+    /// `--dry-run`: the call that would have been made.
+    pub call: Option<Value>,
 }
 
 /// The result payload of the contract.
@@ -59,6 +63,13 @@ pub fn result_payload(report: &Report) -> Value {
     }
     if let (None, Some(topic)) = (&report.service, &report.topic) {
         m.insert("topic".into(), json!(topic));
+    }
+    if let Some(route) = &report.route {
+        m.insert("route".into(), json!(route.as_ref()));
+    }
+    if let Some(call) = &report.call {
+        m.insert("dry_run".into(), json!(true));
+        m.insert("call".into(), call.clone());
     }
     Value::Object(m)
 }
@@ -105,9 +116,15 @@ impl Publisher {
         self.metrics.outcome(&report.outcome);
         self.metrics.command_latency.observe(report.received_at.elapsed().as_secs_f64());
         self.log(&report);
-        if report.outcome.error == Some(ErrorCode::ShuttingDown) {
+        match report.outcome.error {
             // Not final: unacked, so the broker redelivers it to the next session.
-            return;
+            Some(ErrorCode::ShuttingDown) => return,
+            // Flow control at work, not an error: counted, acked, no result.
+            Some(ErrorCode::Debounced | ErrorCode::Throttled | ErrorCode::Coalesced) => {
+                let _ = self.acks.send(AckMsg::Complete(report.seq));
+                return;
+            }
+            _ => {}
         }
         match (report.get, report.outcome.changed.first()) {
             (true, Some(state)) if report.outcome.ok() => {
@@ -198,6 +215,8 @@ mod tests {
             received_at: Instant::now(),
             held: true,
             get: false,
+            route: None,
+            call: None,
         }
     }
 

@@ -18,12 +18,14 @@ use figment::Figment;
 use secrecy::SecretString;
 use url::Url;
 
-pub use raw::RawConfig;
+pub use raw::{RawConfig, RawRoute};
 
 use crate::access::AccessPolicy;
 use crate::backoff::Backoff;
 use crate::mirror::StateFilter;
+use crate::routes::RouteTable;
 use crate::topic::{EntityId, TopicPrefix};
+use std::sync::Arc;
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "MQTT_HA_GATEWAY_";
@@ -55,6 +57,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub access: AccessPolicy,
     pub state: StateConfig,
+    pub routes: Arc<RouteTable>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -194,20 +197,59 @@ pub fn load_raw(
         let path = key.to_ascii_lowercase().replace("__", ".");
         figment = figment.merge(Serialized::global(&path, env_value(&path, &value)));
     }
-    figment.extract().map_err(|e| {
-        ConfigErrors(
-            e.into_iter()
-                .map(|e| {
-                    // figment's path already ends with an unknown field's name.
-                    let mut key = e.path.join(".");
-                    if key.is_empty() {
-                        key = "(file)".into();
-                    }
-                    ConfigError::new(&key, e.kind.to_string())
-                })
-                .collect(),
-        )
-    })
+    let mut raw: RawConfig = figment.extract().map_err(figment_errors)?;
+    raw.route.extend(load_routes_dir(file)?);
+    Ok(raw)
+}
+
+/// The directory of extra route files: `routes.d/` beside the config file.
+pub fn routes_dir(config_file: &Path) -> PathBuf {
+    config_file.parent().unwrap_or(Path::new(".")).join("routes.d")
+}
+
+/// Every `routes.d/*.toml`, in file name order.
+fn load_routes_dir(config_file: &Path) -> Result<Vec<RawRoute>, ConfigErrors> {
+    let dir = routes_dir(config_file);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut routes = Vec::new();
+    let mut errors = Vec::new();
+    for f in files {
+        match Figment::new().merge(Toml::file(&f)).extract::<raw::RawRoutesFile>() {
+            Ok(file) => routes.extend(file.route),
+            Err(e) => {
+                let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                errors.extend(figment_errors(e).0.into_iter().map(|mut e| {
+                    e.key = format!("routes.d/{name}: {}", e.key);
+                    e
+                }));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(routes)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn figment_errors(e: figment::Error) -> ConfigErrors {
+    ConfigErrors(
+        e.into_iter()
+            .map(|e| {
+                // figment's path already ends with an unknown field's name.
+                let mut key = e.path.join(".");
+                if key.is_empty() {
+                    key = "(file)".into();
+                }
+                ConfigError::new(&key, e.kind.to_string())
+            })
+            .collect(),
+    )
 }
 
 /// An env var's value: secrets and names stay strings ("0123" is a password,
@@ -230,6 +272,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let queue = v.queue(raw.queue);
     let access = v.record("access.allow_services", AccessPolicy::new(&raw.access.allow_services));
     let state = v.state(raw.state);
+    let routes = access.as_ref().and_then(|access| match RouteTable::compile(&raw.route, access) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(errors) => {
+            for e in errors {
+                v.error(&format!("route[{}] ({}).{}", e.route, e.name, e.key), e.message);
+            }
+            None
+        }
+    });
     let listen = v.record(
         "metrics.listen",
         raw.metrics.listen.parse::<SocketAddr>().map_err(|e| format!("{e} (expected ip:port)")),
@@ -245,12 +296,26 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     }
     let log = v.log(raw.log);
-    match (mqtt, home_assistant, queue, access, state, listen, log) {
-        (Some(mqtt), Some(home_assistant), Some(queue), Some(access), Some(state), Some(listen), Some(log))
-            if v.errors.is_empty() =>
-        {
-            Ok(Config { mqtt, home_assistant, queue, access, state, metrics: MetricsConfig { listen, entities }, log })
-        }
+    match (mqtt, home_assistant, queue, access, state, routes, listen, log) {
+        (
+            Some(mqtt),
+            Some(home_assistant),
+            Some(queue),
+            Some(access),
+            Some(state),
+            Some(routes),
+            Some(listen),
+            Some(log),
+        ) if v.errors.is_empty() => Ok(Config {
+            mqtt,
+            home_assistant,
+            queue,
+            access,
+            state,
+            routes,
+            metrics: MetricsConfig { listen, entities },
+            log,
+        }),
         _ => Err(ConfigErrors(v.errors)),
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SecretSource;
@@ -24,7 +24,7 @@ pub fn token_channel(
 pub async fn watch_token(
     source: SecretSource,
     tx: watch::Sender<SecretString>,
-    reload: std::sync::Arc<Notify>,
+    mut reload: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
     if matches!(source, SecretSource::Inline(_)) {
@@ -34,7 +34,7 @@ pub async fn watch_token(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
-            _ = reload.notified() => {}
+            Ok(()) = reload.changed() => {}
         }
         match source.read() {
             Ok(token) => {

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -46,6 +47,8 @@ pub struct Executor {
     pub health: Arc<Health>,
     /// Cancelled at shutdown: no new attempt starts, waits end.
     pub shutdown: CancellationToken,
+    /// `run --dry-run`: service calls are not sent, only reported.
+    pub dry_run: bool,
 }
 
 enum Wait {
@@ -72,6 +75,14 @@ impl Executor {
 
     /// From "may it still run?" to a final outcome.
     pub async fn execute(&self, cmd: &Command) -> Outcome {
+        if self.dry_run && matches!(cmd.action, Action::Call(_)) {
+            return Outcome {
+                status: None,
+                changed: Vec::new(),
+                error: None,
+                detail: Some("dry run: not sent".into()),
+            };
+        }
         let idempotent = cmd.action.is_idempotent();
         let mut attempt = 0u32;
         let mut last: Option<HaError> = None;
@@ -156,10 +167,116 @@ fn final_failure(e: HaError) -> Outcome {
     Outcome::failed(code, e.status, e.message)
 }
 
-/// The loop around [`Executor::execute`].
+/// The loop around [`Executor::execute`], with route flow control:
+/// throttle (drop over the rate), debounce (only the last of a burst runs)
+/// and latest-wins (a newer call replaces one still waiting).
 pub struct Dispatcher {
     pub executor: Arc<Executor>,
     pub concurrency: NonZeroU32,
+}
+
+/// The dispatcher's state between loop turns.
+#[derive(Default)]
+struct Queue {
+    book: OrderBook,
+    waiting: HashMap<u64, Command>,
+    /// latest_wins: flow key → id of the waiting command it may replace.
+    coalescible: HashMap<String, u64>,
+    /// debounce: flow key → the last command and when it may go.
+    debouncing: HashMap<String, (Command, Instant)>,
+    /// throttle: flow key → when the last call was let through.
+    last_passed: HashMap<String, Instant>,
+}
+
+/// A command that ends without running, for flow control.
+fn dropped(command: Command, code: ErrorCode) -> Report {
+    report(command, Outcome::failed(code, None, None), None)
+}
+
+fn report(command: Command, outcome: Outcome, call: Option<Value>) -> Report {
+    Report {
+        seq: command.seq,
+        service: Some(command.action.result_service()),
+        get: matches!(command.action, Action::Get(_)),
+        topic: None,
+        reply: command.reply,
+        outcome,
+        received_at: command.received_at,
+        held: true,
+        route: command.route,
+        call,
+    }
+}
+
+impl Queue {
+    /// Admits a command through throttle and debounce; reports what they drop.
+    fn admit(&mut self, cmd: Command, out: &mpsc::UnboundedSender<Report>) {
+        let Some((spec, key)) = cmd.flow.clone() else {
+            self.insert(cmd, out);
+            return;
+        };
+        let now = Instant::now();
+        if let Some(every) = spec.throttle {
+            if self.last_passed.get(&key).is_some_and(|last| now < *last + every) {
+                let _ = out.send(dropped(cmd, ErrorCode::Throttled));
+                return;
+            }
+            self.last_passed.insert(key.clone(), now);
+        }
+        if let Some(quiet) = spec.debounce {
+            if let Some((older, _)) = self.debouncing.insert(key, (cmd, now + quiet)) {
+                let _ = out.send(dropped(older, ErrorCode::Debounced));
+            }
+            return;
+        }
+        self.insert(cmd, out);
+    }
+
+    /// Into the order book, or in place of a waiting command (latest_wins).
+    fn insert(&mut self, mut cmd: Command, out: &mpsc::UnboundedSender<Report>) {
+        let coalesce = cmd.flow.as_ref().filter(|(spec, _)| spec.latest_wins && cmd.action.is_idempotent());
+        if let Some((_, key)) = coalesce {
+            let key = key.clone();
+            if let Some(older) = self.coalescible.get(&key).and_then(|id| self.waiting.remove(id)) {
+                // Same route and target: the newer call takes the older one's place in line.
+                cmd.id = older.id;
+                let _ = out.send(dropped(older, ErrorCode::Coalesced));
+                self.waiting.insert(cmd.id, cmd);
+                return;
+            }
+            self.coalescible.insert(key, cmd.id);
+        }
+        self.book.insert(cmd.id, cmd.action.order_keys());
+        self.waiting.insert(cmd.id, cmd);
+    }
+
+    /// Debounced commands whose quiet time is over go into the queue.
+    fn release_debounced(&mut self, out: &mpsc::UnboundedSender<Report>) {
+        let now = Instant::now();
+        let due: Vec<String> =
+            self.debouncing.iter().filter(|(_, (_, at))| *at <= now).map(|(k, _)| k.clone()).collect();
+        for key in due {
+            if let Some((cmd, _)) = self.debouncing.remove(&key) {
+                self.insert(cmd, out);
+            }
+        }
+    }
+
+    fn next_debounce(&self) -> Option<Instant> {
+        self.debouncing.values().map(|(_, at)| *at).min()
+    }
+
+    /// The next command free to start.
+    fn pop(&mut self) -> Option<Command> {
+        let id = self.book.pop_ready()?;
+        let cmd = self.waiting.remove(&id).expect("every ready id has a waiting command");
+        if let Some((_, key)) = &cmd.flow {
+            if self.coalescible.get(key) == Some(&id) {
+                self.coalescible.remove(key);
+            }
+        }
+        Some(cmd)
+    }
 }
 
 impl Dispatcher {
@@ -167,50 +284,45 @@ impl Dispatcher {
     /// Commands still waiting then are dropped unacknowledged: the broker
     /// redelivers them to the next session.
     pub async fn run(self, mut input: mpsc::UnboundedReceiver<Command>, output: mpsc::UnboundedSender<Report>) {
-        let mut book = OrderBook::default();
-        let mut waiting: HashMap<u64, Command> = HashMap::new();
+        let mut q = Queue::default();
         let mut running: JoinSet<Finished> = JoinSet::new();
         let mut open = true;
+        let dry_run = self.executor.dry_run;
         loop {
             while open && running.len() < self.concurrency.get() as usize {
-                let Some(seq) = book.pop_ready() else { break };
-                let command = waiting.remove(&seq).expect("every ready sequence number has a waiting command");
+                let Some(command) = q.pop() else { break };
                 let executor = Arc::clone(&self.executor);
                 running.spawn(async move {
                     let outcome = executor.execute(&command).await;
                     Finished { command, outcome }
                 });
             }
+            let debounce_at = q.next_debounce();
             tokio::select! {
                 cmd = input.recv(), if open => match cmd {
-                    Some(cmd) => {
-                        book.insert(cmd.seq, cmd.action.order_keys());
-                        waiting.insert(cmd.seq, cmd);
-                    }
+                    Some(cmd) => q.admit(cmd, &output),
                     None => open = false,
                 },
                 Some(joined) = running.join_next() => {
                     let Finished { command, outcome } = joined.expect("execute never panics");
-                    book.finish(command.seq);
-                    let report = Report {
-                        seq: command.seq,
-                        service: Some(command.action.result_service()),
-                        get: matches!(command.action, Action::Get(_)),
-                        topic: None,
-                        reply: command.reply,
-                        outcome,
-                        received_at: command.received_at,
-                        held: true,
+                    q.book.finish(command.id);
+                    let call = match (&command.action, dry_run) {
+                        (Action::Call(c), true) => Some(serde_json::json!({"service": c.name(), "data": c.data})),
+                        _ => None,
                     };
-                    if output.send(report).is_err() {
+                    if output.send(report(command, outcome, call)).is_err() {
                         tracing::error!("publisher is gone; outcome lost (the broker redelivers the command)");
                     }
+                }
+                _ = tokio::time::sleep_until(debounce_at.unwrap_or_else(Instant::now)), if debounce_at.is_some() && open => {
+                    q.release_debounced(&output);
                 }
                 else => break,
             }
             if !open && running.is_empty() {
-                if !waiting.is_empty() {
-                    tracing::info!(count = waiting.len(), "left unstarted at shutdown; the broker redelivers them");
+                let left = q.waiting.len() + q.debouncing.len();
+                if left > 0 {
+                    tracing::info!(count = left, "left unstarted at shutdown; the broker redelivers them");
                 }
                 break;
             }

@@ -26,6 +26,12 @@ impl Slots {
             .map(|h| h + 1)
     }
 
+    /// Takes a slot even beyond capacity (the further calls of a QoS 1
+    /// message fanned out by routes); returns the number held after.
+    pub fn take(&self) -> usize {
+        self.held.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Releases a slot; returns the number held after.
     pub fn release(&self) -> usize {
         let before = self.held.fetch_sub(1, Ordering::AcqRel);

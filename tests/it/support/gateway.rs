@@ -69,7 +69,7 @@ impl Gateway {
         let vars = overrides.iter().map(|(k, v)| (format!("{}{k}", config::ENV_PREFIX), v.to_string()));
         let config = config::load(config_file, true, vars).unwrap_or_else(|e| panic!("{e}"));
         let shutdown = CancellationToken::new();
-        let running = app::start(config, shutdown.clone()).await.expect("gateway starts");
+        let running = app::start(config, app::Options::default(), shutdown.clone()).await.expect("gateway starts");
         Gateway {
             metrics_addr: running.metrics_addr,
             metrics: running.metrics.clone(),

@@ -1,0 +1,84 @@
+//! Reloading rules without a restart: on SIGHUP, or when the config file or
+//! `routes.d/` changes, the config is loaded and validated again; if valid,
+//! the new access rules and routes replace the old ones (queued commands keep
+//! what they were admitted with: nothing is lost or run twice). An invalid
+//! config is refused with every problem logged, and the old rules stay.
+//!
+//! Other settings (broker, HA URL, queue sizes…) take effect at the next start.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigErrors};
+use crate::ingress::Rules;
+
+/// How often the config files are looked at.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Loads the config again (from the same file and environment).
+pub type Loader = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sync>;
+
+/// What to reload from, and which files to watch.
+pub struct Reloader {
+    pub load: Loader,
+    pub watch: Vec<PathBuf>,
+}
+
+/// Modification times of the watched files and of the files in watched directories.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    for p in paths {
+        let modified = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        out.push((p.clone(), modified));
+        if let Ok(entries) = std::fs::read_dir(p) {
+            let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            out.extend(files.into_iter().map(|f| {
+                let m = std::fs::metadata(&f).and_then(|m| m.modified()).ok();
+                (f, m)
+            }));
+        }
+    }
+    out
+}
+
+impl Reloader {
+    /// Watches until `shutdown`; sends new rules on `rules`.
+    pub async fn run(
+        self,
+        rules: watch::Sender<Arc<Rules>>,
+        mut hup: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        let mut seen = fingerprint(&self.watch);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Ok(()) = hup.changed() => {}
+                _ = tokio::time::sleep(POLL) => {
+                    if fingerprint(&self.watch) == seen {
+                        continue;
+                    }
+                }
+            }
+            seen = fingerprint(&self.watch);
+            match (self.load)() {
+                Ok(config) => {
+                    let routes = config.routes.len();
+                    rules.send_replace(Arc::new(Rules { access: config.access, routes: config.routes }));
+                    tracing::info!(routes, "configuration reloaded: access rules and routes replaced");
+                }
+                Err(errors) => {
+                    for e in &errors.0 {
+                        tracing::error!(key = %e.key, problem = %e.message, "reload refused: invalid configuration");
+                    }
+                    tracing::error!(problems = errors.0.len(), "reload refused; the previous configuration stays");
+                }
+            }
+        }
+    }
+}
