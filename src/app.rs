@@ -161,6 +161,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         config: config.mqtt.clone(),
         rules: rules_rx,
         route_subscriptions: Vec::new(),
+        subscription_ids: Default::default(),
         next_id: 0,
         tracker,
         metrics: metrics.clone(),

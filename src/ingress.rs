@@ -8,11 +8,13 @@
 //! and counted). It does not send acks (the acker does) and does not publish
 //! results (the publisher does).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Filter, LastWill, Packet, Publish, RetainForwardRule};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectProperties, Filter, LastWill, Packet, Publish, RetainForwardRule, SubscribeProperties,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
@@ -97,6 +99,31 @@ fn tls_transport(config: &MqttConfig) -> Result<Transport, MqttSetupError> {
     })
 }
 
+/// Stable subscription identifiers per route filter (1, 2, …).
+#[derive(Debug, Default)]
+pub struct SubscriptionIds {
+    by_filter: HashMap<String, usize>,
+    by_id: HashMap<usize, String>,
+}
+
+impl SubscriptionIds {
+    fn id(&mut self, filter: &str) -> usize {
+        if let Some(id) = self.by_filter.get(filter) {
+            return *id;
+        }
+        let id = self.by_filter.len() + 1;
+        self.by_filter.insert(filter.to_owned(), id);
+        self.by_id.insert(id, filter.to_owned());
+        id
+    }
+
+    /// The filters a copy was delivered for; `None` when the broker sent none.
+    fn filters(&self, ids: &[usize]) -> Option<HashSet<String>> {
+        let set: HashSet<String> = ids.iter().filter_map(|id| self.by_id.get(id).cloned()).collect();
+        (!set.is_empty()).then_some(set)
+    }
+}
+
 /// What a reload can change without a restart.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -126,6 +153,10 @@ pub struct Ingress {
     pub rules: watch::Receiver<Arc<Rules>>,
     /// The route filters subscribed now.
     pub route_subscriptions: Vec<String>,
+    /// MQTT 5 subscription identifiers of route filters: a message that
+    /// matches several filters arrives once per subscription, and each copy
+    /// is evaluated only against the routes of its own filter.
+    pub subscription_ids: SubscriptionIds,
     /// Ids for commands (a routed message can make several).
     pub next_id: u64,
     pub tracker: Arc<Mutex<AckTracker>>,
@@ -285,7 +316,7 @@ impl Ingress {
         // session may lack them (a crash between CONNECT and SUBSCRIBE, a new
         // topic prefix). Re-subscribing an existing filter is harmless, and
         // Retain Handling 1 sends retained messages only for new ones.
-        let mut filters: Vec<Filter> = self
+        let filters: Vec<Filter> = self
             .config
             .prefix
             .command_filters()
@@ -299,28 +330,36 @@ impl Ingress {
                 retain_forward_rule: RetainForwardRule::OnNewSubscribe,
             })
             .collect();
-        self.route_subscriptions = self.rules.borrow().routes.subscriptions();
-        filters.extend(self.route_subscriptions.iter().cloned().map(route_filter));
         if let Err(e) = self.client.try_subscribe_many(filters) {
             tracing::error!(error = %e, "could not subscribe");
+        }
+        self.route_subscriptions = self.rules.borrow().routes.subscriptions();
+        for filter in self.route_subscriptions.clone() {
+            self.subscribe_route(filter);
+        }
+    }
+
+    /// One SUBSCRIBE per route filter, each with its own identifier.
+    fn subscribe_route(&mut self, filter: String) {
+        let properties =
+            SubscribeProperties { id: Some(self.subscription_ids.id(&filter)), user_properties: Vec::new() };
+        if let Err(e) = self.client.try_subscribe_many_with_properties([route_filter(filter)], properties) {
+            tracing::error!(error = %e, "could not subscribe to a route's topic");
         }
     }
 
     /// New rules: subscribe the routes' new filters, drop the old ones.
     fn rules_changed(&mut self) {
         let wanted = self.rules.borrow_and_update().routes.subscriptions();
-        let added: Vec<Filter> =
-            wanted.iter().filter(|f| !self.route_subscriptions.contains(f)).cloned().map(route_filter).collect();
+        let added: Vec<String> = wanted.iter().filter(|f| !self.route_subscriptions.contains(f)).cloned().collect();
         let removed: Vec<&String> = self.route_subscriptions.iter().filter(|f| !wanted.contains(f)).collect();
         for filter in removed {
             if let Err(e) = self.client.try_unsubscribe(filter.clone()) {
                 tracing::warn!(error = %e, filter = %filter, "could not unsubscribe");
             }
         }
-        if !added.is_empty() {
-            if let Err(e) = self.client.try_subscribe_many(added) {
-                tracing::error!(error = %e, "could not subscribe to new routes");
-            }
+        for filter in added {
+            self.subscribe_route(filter);
         }
         self.route_subscriptions = wanted;
     }
@@ -446,7 +485,9 @@ impl Ingress {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         self.metrics.messages_received.with_label_values(&["route"]).inc();
         let rules = Arc::clone(&self.rules.borrow());
-        let results = rules.routes.evaluate(&topic, &publish.payload);
+        let ids = publish.properties.as_ref().map(|p| p.subscription_identifiers.as_slice()).unwrap_or_default();
+        let only = self.subscription_ids.filters(ids);
+        let results = rules.routes.evaluate(&topic, &publish.payload, only.as_ref());
         let parts = results.iter().filter(|r| !matches!(r, RouteResult::Skipped { .. })).count();
         if parts == 0 {
             self.metrics.route_skipped.inc();

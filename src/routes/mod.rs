@@ -11,7 +11,7 @@
 mod filter;
 mod template;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -294,8 +294,16 @@ impl RouteTable {
     }
 
     /// What every matching route makes of this message, in route order.
-    pub fn evaluate(&self, topic: &str, payload: &[u8]) -> Vec<RouteResult> {
-        self.index.matches(topic).into_iter().map(|i| self.evaluate_one(&self.routes[i], topic, payload)).collect()
+    /// With `only`, just the routes subscribed through those filters (the
+    /// broker delivers one copy per matching subscription).
+    pub fn evaluate(&self, topic: &str, payload: &[u8], only: Option<&HashSet<String>>) -> Vec<RouteResult> {
+        self.index
+            .matches(topic)
+            .into_iter()
+            .map(|i| &self.routes[i])
+            .filter(|r| only.is_none_or(|set| set.contains(&r.filter.subscription())))
+            .map(|r| self.evaluate_one(r, topic, payload))
+            .collect()
     }
 
     fn evaluate_one(&self, route: &Route, topic: &str, payload: &[u8]) -> RouteResult {

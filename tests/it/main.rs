@@ -8,4 +8,5 @@ mod lifecycle;
 mod mirror;
 mod observability;
 mod queue;
+mod routes;
 mod support;

@@ -61,20 +61,43 @@ impl Gateway {
     /// Starts the gateway from `config_file` with `overrides` as
     /// `MQTT_HA_GATEWAY_*` variables (e.g. `("QUEUE__CAPACITY", "5")`).
     pub async fn start(config_file: &Path, overrides: &[(&str, &str)]) -> Gateway {
+        Self::start_with(config_file, overrides, false).await
+    }
+
+    /// Like `start`; with `reload`, the gateway reloads rules and routes from
+    /// the same file (and overrides) on `hup()` and on file changes, as the
+    /// binary does on SIGHUP.
+    pub async fn start_with(config_file: &Path, overrides: &[(&str, &str)], reload: bool) -> Gateway {
         // RUST_LOG=mqtt_ha_gateway=debug shows the gateway's logs in test output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let vars = overrides.iter().map(|(k, v)| (format!("{}{k}", config::ENV_PREFIX), v.to_string()));
-        let config = config::load(config_file, true, vars).unwrap_or_else(|e| panic!("{e}"));
+        let owned: Vec<(String, String)> =
+            overrides.iter().map(|(k, v)| (format!("{}{k}", config::ENV_PREFIX), v.to_string())).collect();
+        let config = config::load(config_file, true, owned.clone()).unwrap_or_else(|e| panic!("{e}"));
         let shutdown = CancellationToken::new();
-        let running = app::start(config, app::Options::default(), shutdown.clone()).await.expect("gateway starts");
+        let reloader = reload.then(|| {
+            let path = config_file.to_path_buf();
+            mqtt_ha_gateway::reload::Reloader {
+                load: Box::new(move || config::load(&path, true, owned.clone())),
+                watch: vec![config_file.to_path_buf(), config::routes_dir(config_file)],
+            }
+        });
+        let options = app::Options { dry_run: false, reloader };
+        let running = app::start(config, options, shutdown.clone()).await.expect("gateway starts");
         Gateway {
             metrics_addr: running.metrics_addr,
             metrics: running.metrics.clone(),
             shutdown,
             running: Some(running),
+        }
+    }
+
+    /// SIGHUP-equivalent: reload rules and routes, re-read the token file.
+    pub fn hup(&self) {
+        if let Some(r) = &self.running {
+            r.hup.send_modify(|n| *n += 1);
         }
     }
 
