@@ -158,6 +158,71 @@ async fn process(entities: usize) {
     let _ = child.wait();
 }
 
+/// Route matching with many routes: the trie index, then full evaluation
+/// (templates rendered) of the matching route.
+fn route_matching(routes: usize, messages: usize) {
+    use mqtt_ha_gateway::access::AccessPolicy;
+    use mqtt_ha_gateway::config::RawRoute;
+    use mqtt_ha_gateway::routes::RouteTable;
+    let raw: Vec<RawRoute> = (0..routes)
+        .map(|i| match i % 4 {
+            // Zigbee2MQTT-style exact topics with a map…
+            0 => RawRoute {
+                topic: format!("zigbee2mqtt/button_{i}"),
+                map: [("single".to_owned(), format!("light.toggle:light.l{i}"))].into_iter().collect(),
+                ..Default::default()
+            },
+            // …Shelly-style captures, Tasmota-style wildcards, templated data.
+            1 => RawRoute {
+                topic: format!("shellies/{{device}}/input/{i}"),
+                when: Some("value == '1'".into()),
+                service: Some("light.toggle".into()),
+                entity_id: Some("light.{{ device }}".into()),
+                ..Default::default()
+            },
+            2 => RawRoute {
+                topic: format!("stat/+/POWER{i}"),
+                service: Some("switch.turn_on".into()),
+                entity_id: Some("switch.s{{ topic[1] }}".into()),
+                ..Default::default()
+            },
+            _ => RawRoute {
+                topic: format!("sensors/{i}/value"),
+                format: Some("number".into()),
+                service: Some("input_number.set_value".into()),
+                entity_id: Some(format!("input_number.n{i}")),
+                data: [("value".to_owned(), serde_json::json!("{{ value * 2 }}"))].into_iter().collect(),
+                ..Default::default()
+            },
+        })
+        .collect();
+    let table = RouteTable::compile(&raw, &AccessPolicy::new(&["*".to_owned()]).unwrap()).expect("routes compile");
+    let topics: Vec<(String, &[u8])> = (0..messages)
+        .map(|n| {
+            let i = (n * 7919) % routes;
+            match i % 4 {
+                0 => (format!("zigbee2mqtt/button_{i}"), &br#"{"action":"single"}"#[..]),
+                1 => (format!("shellies/sw{n}/input/{i}"), &b"1"[..]),
+                2 => (format!("stat/{n}/POWER{i}"), &b"ON"[..]),
+                _ => (format!("sensors/{i}/value"), &b"21.5"[..]),
+            }
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut calls = 0usize;
+    for (topic, payload) in &topics {
+        calls += table.evaluate(topic, payload, None).len();
+    }
+    let per = started.elapsed().as_secs_f64() * 1e6 / messages as f64;
+    assert_eq!(calls, messages, "every message matched exactly one route");
+    let unmatched = std::time::Instant::now();
+    for (topic, _) in &topics {
+        assert!(table.evaluate(&format!("{topic}/x"), b"", None).is_empty());
+    }
+    let per_miss = unmatched.elapsed().as_secs_f64() * 1e6 / messages as f64;
+    println!("routes: {routes} routes, {messages} messages: {per:.1} µs per message matched and rendered, {per_miss:.2} µs per unmatched topic");
+}
+
 /// User + system CPU time of this process, from /proc (Linux); 0 elsewhere.
 fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -174,6 +239,7 @@ fn main() {
     // absent: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
     let (n, m, entities) = if quick { (200, 100, 100) } else { (20_000, 2_000, 10_000) };
+    route_matching(1_000, if quick { 1_000 } else { 100_000 });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         throughput(n).await;

@@ -152,7 +152,6 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         Acker { tracker: Arc::clone(&tracker), client: client.clone(), pending: metrics.acks_pending.clone() }
             .run(ack_rx),
     );
-    pipeline.close();
 
     let mirror_client = client.clone();
     let ingress = Ingress {
@@ -195,7 +194,9 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         backoff: config.home_assistant.retry,
         mqtt_connections: connections_rx,
     };
-    tasks.spawn(mirror.run(shutdown.clone()));
+    // With the pipeline: `ha_status offline` goes out before the disconnect.
+    pipeline.spawn(mirror.run(shutdown.clone()));
+    pipeline.close();
     let gate = ha.gate.clone();
     let every = config.home_assistant.probe_interval;
     tasks.spawn(probe_ha(ha, every, Arc::clone(&health), metrics.clone(), shutdown.clone()));

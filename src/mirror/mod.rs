@@ -123,7 +123,7 @@ impl Mirror {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = socket.close(None).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
                     return Ok(());
                 }
                 frame = socket.next() => match frame {
