@@ -306,3 +306,64 @@ async fn the_mirror_follows_real_home_assistant_states() {
     rig.client.expect(&format!("{PREFIX}/state/sensor/e2e_probe"), T, |m| m.payload.is_empty()).await;
     rig.gateway.stop().await;
 }
+
+/// Writes `routes` into the rig's `routes.d/` and restarts the gateway with them.
+async fn with_routes(rig: &mut Rig, routes: &str, allow: &str) {
+    std::fs::create_dir_all(rig.dir.path().join("routes.d")).unwrap();
+    std::fs::write(rig.dir.path().join("routes.d/devices.toml"), routes).unwrap();
+    let config = rig.dir.path().join("gateway.toml");
+    let old = std::mem::replace(&mut rig.gateway, Gateway::start(&config, &[("ACCESS__ALLOW_SERVICES", allow)]).await);
+    old.stop().await;
+    rig.client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zigbee2mqtt_button_route_toggles_a_real_light() {
+    let Some(mut rig) = rig("e2e_route_button", Token::Own, &[]).await else { return };
+    let routes = r#"
+[[route]]
+name = "hall button"
+topic = "zigbee2mqtt/hall_button"
+map = { single = "light.toggle:light.kitchen", double = "light.turn_on:light.hall" }
+"#;
+    with_routes(&mut rig, routes, r#"["light.*"]"#).await;
+    let device = TestClient::connect(rig._broker.port, "e2e-z2m-button", &[]).await;
+    let before = rig.ha.state("light.kitchen").await["state"].as_str().unwrap().to_owned();
+    device.publish("zigbee2mqtt/hall_button", r#"{"action":"single","battery":97,"linkquality":120}"#).await;
+    let r = rig.client.result(&format!("{PREFIX}/result/light/toggle")).await;
+    assert_eq!((r["ok"].clone(), r["route"].clone()), (json!(true), json!("hall button")), "{r}");
+    let flipped = if before == "on" { "off" } else { "on" };
+    rig.ha.wait_state("light.kitchen", T, |s| s["state"] == flipped).await;
+    device.publish("zigbee2mqtt/hall_button", r#"{"action":"double"}"#).await;
+    rig.ha.wait_state("light.hall", T, |s| s["state"] == "on").await;
+    rig.gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_sensor_value_route_sets_a_real_input_number() {
+    let Some(mut rig) = rig("e2e_route_sensor", Token::Own, &[]).await else { return };
+    let routes = r#"
+[[route]]
+name = "living room thermometer"
+topic = "esp/{room}/temperature"
+format = "number"
+service = "input_number.set_value"
+entity_id = "input_number.{{ room }}_temperature"
+data = { value = "{{ (value | float) | round(1) }}" }
+"#;
+    with_routes(&mut rig, routes, r#"["input_number.set_value"]"#).await;
+    let device = TestClient::connect(rig._broker.port, "e2e-esp", &[]).await;
+    device.publish("esp/living_room/temperature", "23.46").await;
+    let r = rig.client.result(&format!("{PREFIX}/result/input_number/set_value")).await;
+    assert_eq!(r["ok"], true, "{r}");
+    rig.ha.wait_state("input_number.living_room_temperature", T, |s| s["state"] == "23.5").await;
+    // A value HA refuses (out of range) gives HA's own answer in the result.
+    device.publish("esp/living_room/temperature", "99").await;
+    let r = rig.client.result(&format!("{PREFIX}/result/input_number/set_value")).await;
+    assert_eq!((r["ok"].clone(), r["error"].clone()), (json!(false), json!("ha_error")), "{r}");
+    // Not a number: refused before HA.
+    device.publish("esp/living_room/temperature", "warm").await;
+    let r = rig.client.result(&format!("{PREFIX}/result/_invalid/_invalid")).await;
+    assert_eq!(r["error"], "invalid_payload", "{r}");
+    rig.gateway.stop().await;
+}
