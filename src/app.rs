@@ -170,6 +170,8 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         state_filter: config.state.filter.clone(),
         connections: connections_tx,
         max_age: config.queue.max_age,
+        limits: config.limits,
+        dedupe: config.queue.dedupe_window.map(ingress::Dedupe::new),
     };
     let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };
     tasks.spawn(ingress.run(outputs, shutdown.clone(), stop_polling.clone()));

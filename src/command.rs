@@ -163,10 +163,23 @@ pub enum ErrorCode {
     Throttled,
     /// Route flow control (`latest_wins`): replaced by a newer call while queued.
     Coalesced,
+    /// A target other than plain entity ids (`area_id`, `entity_id: all`, a
+    /// comma-separated string…) not in `access.allow_targets`.
+    TargetDenied,
+    /// JSON nested deeper, or with more keys, than `[limits]` allow.
+    JsonTooComplex,
+    /// A topic longer than `limits.max_topic_length`.
+    TopicTooLong,
+    /// A `correlation` larger than `limits.max_correlation_bytes`.
+    CorrelationTooLarge,
+    /// A `ts` field older than `queue.max_age` (or in the future).
+    Stale,
+    /// A command with the same correlation arrived within `queue.dedupe_window`.
+    Duplicate,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::InvalidTopic,
         Self::InvalidJson,
         Self::InvalidPayload,
@@ -185,6 +198,12 @@ impl ErrorCode {
         Self::Debounced,
         Self::Throttled,
         Self::Coalesced,
+        Self::TargetDenied,
+        Self::JsonTooComplex,
+        Self::TopicTooLong,
+        Self::CorrelationTooLarge,
+        Self::Stale,
+        Self::Duplicate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -207,6 +226,12 @@ impl ErrorCode {
             Self::Debounced => "debounced",
             Self::Throttled => "throttled",
             Self::Coalesced => "coalesced",
+            Self::TargetDenied => "target_denied",
+            Self::JsonTooComplex => "json_too_complex",
+            Self::TopicTooLong => "topic_too_long",
+            Self::CorrelationTooLarge => "correlation_too_large",
+            Self::Stale => "stale",
+            Self::Duplicate => "duplicate",
         }
     }
 }

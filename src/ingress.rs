@@ -33,10 +33,12 @@ use crate::publisher::Report;
 use crate::queue::Slots;
 use crate::routes::{RouteResult, RouteTable};
 use crate::topic::CommandTopic;
-use crate::translate::{translate, MAX_PAYLOAD};
+use crate::translate::{translate, Limits};
 
-/// Largest packet we accept from the broker; larger ones it must not send us.
-const MAX_PACKET: u32 = 4 * MAX_PAYLOAD as u32;
+/// Largest packet we accept from the broker (MQTT 5 Maximum Packet Size): it
+/// drops larger messages without telling anyone. Up to this size, a payload
+/// over `limits.max_payload_bytes` gets a `payload_too_large` result.
+const MAX_PACKET: u32 = 2 * 1024 * 1024;
 
 /// Capacity of rumqttc's request channel (publishes, acks).
 pub const REQUEST_CHANNEL: usize = 1024;
@@ -97,6 +99,40 @@ fn tls_transport(config: &MqttConfig) -> Result<Transport, MqttSetupError> {
         Some(ca) => Transport::Tls(TlsConfiguration::Simple { ca: read("mqtt.ca_file", ca)?, alpn: None, client_auth }),
         None => Transport::tls_with_default_config(),
     })
+}
+
+/// `queue.dedupe_window`: the correlations of recent commands, per topic.
+#[derive(Debug)]
+pub struct Dedupe {
+    window: Duration,
+    seen: HashSet<String>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Dedupe {
+    /// At most this many remembered: the oldest are forgotten first.
+    const MAX: usize = 100_000;
+
+    pub fn new(window: Duration) -> Self {
+        Self { window, seen: HashSet::new(), order: VecDeque::new() }
+    }
+
+    /// Whether this (topic, correlation) is new within the window; remembers it.
+    pub fn first(&mut self, topic: &str, correlation: &serde_json::Value, now: Instant) -> bool {
+        while let Some((at, key)) = self.order.front() {
+            if now.duration_since(*at) <= self.window && self.order.len() < Self::MAX {
+                break;
+            }
+            self.seen.remove(key);
+            self.order.pop_front();
+        }
+        let key = format!("{topic}\u{0}{correlation}");
+        if !self.seen.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back((now, key));
+        true
+    }
 }
 
 /// Stable subscription identifiers per route filter (1, 2, …).
@@ -171,6 +207,9 @@ pub struct Ingress {
     /// Counts broker connections, so the mirror can republish after one.
     pub connections: watch::Sender<u64>,
     pub max_age: Duration,
+    pub limits: Limits,
+    /// `queue.dedupe_window`: correlations seen recently.
+    pub dedupe: Option<Dedupe>,
 }
 
 impl Ingress {
@@ -377,6 +416,25 @@ impl Ingress {
 
     /// Parses, checks and queues one command, or reports why not.
     fn admit(&mut self, incoming: Parked, out: &Outputs) {
+        if incoming.publish.topic.len() > self.limits.max_topic_length {
+            let topic = String::from_utf8_lossy(&incoming.publish.topic);
+            let shown: String = topic.chars().take(64).collect();
+            let report = Report {
+                seq: incoming.seq,
+                service: None,
+                topic: Some(format!("{shown}…")),
+                reply: ReplyTo::default(),
+                outcome: Outcome::failed(ErrorCode::TopicTooLong, None, format!("topic of {} bytes", topic.len())),
+                received_at: incoming.received_at,
+                held: false,
+                get: false,
+                route: None,
+                call: None,
+            };
+            self.metrics.messages_received.with_label_values(&["other"]).inc();
+            let _ = out.reports.send(report);
+            return;
+        }
         if !self.is_command_topic(&incoming.publish.topic) {
             self.admit_routed(incoming, out);
             return;
@@ -426,7 +484,7 @@ impl Ingress {
                 return;
             }
         };
-        let translated = match translate(&parsed, &publish.payload) {
+        let translated = match translate(&parsed, &publish.payload, &self.limits) {
             Ok(t) => t,
             Err(refused) => {
                 reply.correlation = refused.correlation;
@@ -438,18 +496,42 @@ impl Ingress {
         let action = translated.action;
         // The result topic names the service actually called (set → turn_on…).
         let service = Some(action.result_service());
+        if let Some(sent) = translated.sent_at {
+            let now = std::time::SystemTime::now();
+            let old = now.duration_since(sent).is_ok_and(|age| age > self.max_age);
+            let future = sent.duration_since(now).is_ok_and(|ahead| ahead > Duration::from_secs(60));
+            if old || future {
+                let _ =
+                    out.reports.send(reject(ErrorCode::Stale, service, reply, "ts is outside queue.max_age".into()));
+                return;
+            }
+        }
+        if let (Some(dedupe), Some(correlation)) = (&mut self.dedupe, &reply.correlation) {
+            if !dedupe.first(&topic, correlation, received_at) {
+                self.metrics.duplicates.inc();
+                let _ =
+                    out.reports.send(reject(ErrorCode::Duplicate, service, reply, "correlation seen before".into()));
+                return;
+            }
+        }
         let denied = match &action {
             Action::Call(call) => self
                 .rules
                 .borrow()
                 .access
-                .check(call)
+                .authorize(call, &topic)
                 .err()
-                .map(|code| (code, format!("{} is not in access.allow_services", call.name()))),
+                .map(|code| (code, format!("{} refused by [access] ({code})", call.name()))),
+            Action::Get(entity) if self.state_filter.excluded(&entity.to_string()) => {
+                Some((ErrorCode::EntityDenied, format!("{entity} is in state.exclude")))
+            }
             Action::Get(entity) => self
-                .state_filter
-                .excluded(&entity.to_string())
-                .then(|| (ErrorCode::EntityDenied, format!("{entity} is in state.exclude"))),
+                .rules
+                .borrow()
+                .access
+                .authorize_read(entity, &topic)
+                .err()
+                .map(|code| (code, format!("reading {entity} refused by [access]"))),
         };
         if let Some((code, detail)) = denied {
             let _ = out.reports.send(reject(code, service, reply, detail));
@@ -485,6 +567,22 @@ impl Ingress {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         self.metrics.messages_received.with_label_values(&["route"]).inc();
         let rules = Arc::clone(&self.rules.borrow());
+        if let Err(refused) = self.limits.check_size(&publish.payload) {
+            self.tracker.lock().expect("ack tracker lock is never poisoned").set_parts(seq, 1);
+            let _ = out.reports.send(Report {
+                seq,
+                service: None,
+                topic: Some(topic.clone()),
+                reply: ReplyTo::default(),
+                outcome: Outcome::failed(refused.code, None, refused.detail),
+                received_at,
+                held: false,
+                get: false,
+                route: None,
+                call: None,
+            });
+            return;
+        }
         let ids = publish.properties.as_ref().map(|p| p.subscription_identifiers.as_slice()).unwrap_or_default();
         let only = self.subscription_ids.filters(ids);
         let results = rules.routes.evaluate(&topic, &publish.payload, only.as_ref());
@@ -521,8 +619,8 @@ impl Ingress {
                 }
             };
             let service = Some((call.domain.clone(), call.service.clone()));
-            if let Err(code) = rules.access.check(&call) {
-                let detail = format!("{} is not in access.allow_services", call.name());
+            if let Err(code) = rules.access.authorize(&call, &topic) {
+                let detail = format!("{} refused by [access] ({code})", call.name());
                 let _ = out.reports.send(report(route, code, service, detail));
                 continue;
             }

@@ -207,7 +207,8 @@ pub fn entity_state_value(state: &str) -> Option<f64> {
 /// The `outcome` label of an error code.
 pub fn outcome_label(code: ErrorCode) -> &'static str {
     match code {
-        ErrorCode::Expired => "expired",
+        ErrorCode::Expired | ErrorCode::Stale => "expired",
+        ErrorCode::Duplicate => "ignored",
         ErrorCode::Retained
         | ErrorCode::ShuttingDown
         | ErrorCode::Debounced

@@ -20,11 +20,12 @@ use url::Url;
 
 pub use raw::{RawConfig, RawRoute};
 
-use crate::access::AccessPolicy;
+use crate::access::{AccessPolicy, RuleSpec};
 use crate::backoff::Backoff;
 use crate::mirror::StateFilter;
 use crate::routes::RouteTable;
 use crate::topic::{EntityId, TopicPrefix};
+use crate::translate::Limits;
 use std::sync::Arc;
 
 /// Prefix of the environment variables that override the file.
@@ -58,6 +59,7 @@ pub struct Config {
     pub access: AccessPolicy,
     pub state: StateConfig,
     pub routes: Arc<RouteTable>,
+    pub limits: Limits,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -102,6 +104,8 @@ pub struct QueueConfig {
     pub burst: NonZeroU32,
     pub max_age: Duration,
     pub concurrency: NonZeroU32,
+    /// `None`: no de-duplication.
+    pub dedupe_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -270,10 +274,34 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mqtt = v.mqtt(raw.mqtt);
     let home_assistant = v.home_assistant(raw.home_assistant);
     let queue = v.queue(raw.queue);
-    let access = v.record("access.allow_services", AccessPolicy::new(&raw.access.allow_services));
+    let rules: Vec<RuleSpec> = raw
+        .access
+        .rule
+        .iter()
+        .map(|r| RuleSpec {
+            topic: r.topic.clone(),
+            allow_services: r.allow_services.clone(),
+            allow_entities: r.allow_entities.clone(),
+        })
+        .collect();
+    let access =
+        AccessPolicy::build(&raw.access.allow_services, &raw.access.allow_entities, &raw.access.allow_targets, &rules);
+    let access = match access {
+        Ok(a) => Some(a),
+        Err(e) => {
+            let key = match &e {
+                crate::access::PolicyError::BadTarget(_) => "access.allow_targets",
+                crate::access::PolicyError::BadRuleTopic(..) => "access.rule",
+                crate::access::PolicyError::BadPattern { .. } => "access.allow_services",
+            };
+            v.error(key, e.to_string());
+            None
+        }
+    };
+    let limits = v.limits(raw.limits);
     let state = v.state(raw.state);
     let routes = access.as_ref().and_then(|access| match RouteTable::compile(&raw.route, access) {
-        Ok(t) => Some(Arc::new(t)),
+        Ok(t) => Some(Arc::new(t.with_limits(limits))),
         Err(errors) => {
             for e in errors {
                 v.error(&format!("route[{}] ({}).{}", e.route, e.name, e.key), e.message);
@@ -313,6 +341,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             access,
             state,
             routes,
+            limits,
             metrics: MetricsConfig { listen, entities },
             log,
         }),
@@ -507,6 +536,10 @@ impl Validator {
         let burst = self.non_zero("queue.burst", raw.burst);
         let max_age = self.duration("queue.max_age", &raw.max_age);
         let concurrency = self.non_zero("queue.concurrency", raw.concurrency);
+        let dedupe_window = match raw.dedupe_window.trim() {
+            "0" | "0s" | "" => None,
+            text => self.duration("queue.dedupe_window", text),
+        };
         if let (Some(c), Some(n)) = (capacity, concurrency) {
             if n > c {
                 self.error("queue.concurrency", "must not exceed queue.capacity");
@@ -518,6 +551,7 @@ impl Validator {
             burst: burst?,
             max_age: max_age?,
             concurrency: concurrency?,
+            dedupe_window,
         })
     }
 
@@ -530,6 +564,28 @@ impl Validator {
             attribute_topics: raw.attribute_topics,
             timestamps: raw.timestamps,
         })
+    }
+
+    fn limits(&mut self, raw: raw::RawLimits) -> Limits {
+        let checks = [
+            ("limits.max_payload_bytes", raw.max_payload_bytes, 16, 16 * 1024 * 1024),
+            ("limits.max_json_depth", raw.max_json_depth, 1, 128),
+            ("limits.max_json_keys", raw.max_json_keys, 1, 1_000_000),
+            ("limits.max_topic_length", raw.max_topic_length, 16, 65_535),
+            ("limits.max_correlation_bytes", raw.max_correlation_bytes, 1, 65_535),
+        ];
+        for (key, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                self.error(key, format!("must be between {min} and {max}"));
+            }
+        }
+        Limits {
+            max_payload_bytes: raw.max_payload_bytes,
+            max_json_depth: raw.max_json_depth,
+            max_json_keys: raw.max_json_keys,
+            max_topic_length: raw.max_topic_length,
+            max_correlation_bytes: raw.max_correlation_bytes,
+        }
     }
 
     fn log(&mut self, raw: raw::RawLog) -> Option<LogConfig> {

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub home_assistant: RawHomeAssistant,
     pub queue: RawQueue,
     pub access: RawAccess,
+    pub limits: RawLimits,
     pub state: RawState,
     pub metrics: RawMetrics,
     pub log: RawLog,
@@ -178,25 +179,89 @@ pub struct RawQueue {
     pub max_age: String,
     /// HTTP calls in flight at once (different entities).
     pub concurrency: u32,
+    /// Commands with a `correlation` seen again within this window are not
+    /// run again (a redelivered toggle toggles once); "0s" = off.
+    pub dedupe_window: String,
 }
 
 impl Default for RawQueue {
     fn default() -> Self {
-        Self { capacity: 10_000, rate_per_second: 20, burst: 40, max_age: "60s".into(), concurrency: 8 }
+        Self {
+            capacity: 10_000,
+            rate_per_second: 20,
+            burst: 40,
+            max_age: "60s".into(),
+            concurrency: 8,
+            dedupe_window: "0s".into(),
+        }
     }
 }
 
-/// `[access]`: which services MQTT may call.
+/// `[access]`: what MQTT may make Home Assistant do.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAccess {
-    /// `domain.service` globs, e.g. `light.*`, `scene.turn_on`.
+    /// `domain.service` globs, e.g. `light.*`, `scene.turn_on`. Sensitive
+    /// domains (lock, cover, alarm_control_panel, homeassistant, script…) must
+    /// be named: `*` or `*.turn_on` never reach them.
     pub allow_services: Vec<String>,
+    /// Entity id globs a call may target; empty = any entity.
+    pub allow_entities: Vec<String>,
+    /// Targets besides entity ids: `area_id`, `device_id`, `floor_id`,
+    /// `label_id`, `target`, `all` (entity_id: all), `comma_list`.
+    pub allow_targets: Vec<String>,
+    /// `[[access.rule]]`: narrower rights for commands from matching topics.
+    pub rule: Vec<RawAccessRule>,
+}
+
+/// One `[[access.rule]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessRule {
+    /// MQTT filter of the topics the rule applies to (a device's, or `<prefix>/call/#`).
+    pub topic: String,
+    /// Services allowed from these topics (in addition to the global list passing).
+    pub allow_services: Option<Vec<String>>,
+    /// Entities allowed from these topics.
+    pub allow_entities: Option<Vec<String>>,
+}
+
+/// `[limits]`: what a payload may be at most.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Largest payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Deepest JSON nesting.
+    pub max_json_depth: usize,
+    /// Most JSON object keys in one payload, all levels together.
+    pub max_json_keys: usize,
+    /// Longest topic, in bytes.
+    pub max_topic_length: usize,
+    /// Largest `correlation` value, in bytes of JSON.
+    pub max_correlation_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 64 * 1024,
+            max_json_depth: 16,
+            max_json_keys: 512,
+            max_topic_length: 512,
+            max_correlation_bytes: 512,
+        }
+    }
 }
 
 impl Default for RawAccess {
     fn default() -> Self {
-        Self { allow_services: vec!["light.*".into(), "switch.*".into(), "scene.turn_on".into()] }
+        Self {
+            allow_services: vec!["light.*".into(), "switch.*".into(), "scene.turn_on".into()],
+            allow_entities: Vec::new(),
+            allow_targets: Vec::new(),
+            rule: Vec::new(),
+        }
     }
 }
 

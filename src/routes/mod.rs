@@ -25,6 +25,7 @@ use crate::access::AccessPolicy;
 use crate::command::{ErrorCode, ServiceCall};
 use crate::config::RawRoute;
 use crate::topic::Slug;
+use crate::translate::Limits;
 
 /// How a route reads its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,7 @@ pub struct RouteTable {
     routes: Vec<Route>,
     index: FilterIndex,
     templates: Templates,
+    limits: Limits,
 }
 
 /// A problem with one route, with the key inside it (`data.brightness`).
@@ -277,6 +279,12 @@ impl RouteTable {
         })
     }
 
+    /// Applies `[limits]` to routed JSON payloads.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }
@@ -308,7 +316,7 @@ impl RouteTable {
 
     fn evaluate_one(&self, route: &Route, topic: &str, payload: &[u8]) -> RouteResult {
         let failed = |code: ErrorCode, detail: String| RouteResult::Failed { route: route.name.clone(), code, detail };
-        let ctx = match context(route, topic, payload) {
+        let ctx = match context(route, topic, payload, &self.limits) {
             Ok(ctx) => ctx,
             Err((code, detail)) => return failed(code, detail),
         };
@@ -385,7 +393,7 @@ fn parse_service(s: &str) -> Result<(Slug, Slug), String> {
 }
 
 /// Payload → template variables, per the route's format.
-fn context(route: &Route, topic: &str, payload: &[u8]) -> Result<Jinja, (ErrorCode, String)> {
+fn context(route: &Route, topic: &str, payload: &[u8], limits: &Limits) -> Result<Jinja, (ErrorCode, String)> {
     let text =
         std::str::from_utf8(payload).map_err(|_| (ErrorCode::InvalidPayload, "payload is not UTF-8".to_owned()))?;
     let json: Option<Value> = match route.format {
@@ -395,12 +403,17 @@ fn context(route: &Route, topic: &str, payload: &[u8]) -> Result<Jinja, (ErrorCo
             serde_json::from_str(text).map_err(|e| (ErrorCode::InvalidJson, format!("payload is not JSON: {e}")))?,
         ),
     };
+    if let Some(j) = &json {
+        limits.check_json(j).map_err(|r| (r.code, r.detail))?;
+    }
     let value = match route.format {
         Format::Number => {
             let n: f64 = text
                 .trim()
                 .parse()
-                .map_err(|_| (ErrorCode::InvalidPayload, format!("payload {text:?} is not a number")))?;
+                .ok()
+                .filter(|n: &f64| n.is_finite())
+                .ok_or_else(|| (ErrorCode::InvalidPayload, format!("payload {text:?} is not a number")))?;
             Jinja::from(n)
         }
         _ => Jinja::from(text),

@@ -93,8 +93,8 @@ fn several_routes_may_match_one_message() {
     a.service = Some("light.toggle".into());
     a.entity_id = Some("light.a".into());
     let mut b = route("home/#");
-    b.service = Some("script.turn_on".into());
-    b.entity_id = Some("script.log".into());
+    b.service = Some("input_boolean.toggle".into());
+    b.entity_id = Some("input_boolean.log".into());
     let t = table(vec![a, b]);
     assert_eq!(outcomes(&t, "home/hall/button", "x").len(), 2);
     assert_eq!(outcomes(&t, "home/hall", "x").len(), 1);
