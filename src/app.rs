@@ -76,6 +76,7 @@ pub struct Options {
 
 /// Starts every stage; returns once the metrics port is bound.
 pub async fn start(config: Config, options: Options, shutdown: CancellationToken) -> Result<Running, StartError> {
+    install_crypto();
     let listener = TcpListener::bind(config.metrics.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.metrics.listen, source })?;
@@ -247,8 +248,15 @@ async fn probe_ha(ha: HaClient, every: Duration, health: Arc<Health>, metrics: M
     }
 }
 
+/// Both rustls users (MQTT, HTTP, the websocket) share the ring provider; a
+/// second install attempt only fails because one is set, which is fine.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// `check --online`: reach the broker and HA with the token; print each result.
 pub async fn check_online(config: &Config, timeout: Duration) -> bool {
+    install_crypto();
     let broker = check_broker(config, timeout).await;
     match &broker {
         Ok(()) => println!("mqtt: connected to {}:{}", config.mqtt.host, config.mqtt.port),

@@ -28,6 +28,8 @@ pub mod http;
 pub mod ingress;
 pub mod metrics;
 pub mod mirror;
+#[cfg(test)]
+mod properties;
 pub mod publisher;
 pub mod queue;
 pub mod reload;

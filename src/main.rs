@@ -80,9 +80,18 @@ fn reloader(path: &Path) -> Reloader {
     Reloader { load: Box::new(move || load(&path_buf)), watch: vec![path.to_path_buf(), config::routes_dir(path)] }
 }
 
+/// Libraries whose trace output carries wire data (the websocket auth frame
+/// with the token, MQTT CONNECT with the password, TLS records): never below
+/// debug, whatever `RUST_LOG` or `log.level` say.
+const WIRE_LOGGERS: &[&str] =
+    &["tungstenite", "tokio_tungstenite", "rumqttc", "hyper", "hyper_util", "reqwest", "rustls", "h2"];
+
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    for target in WIRE_LOGGERS {
+        filter = filter.add_directive(format!("{target}=debug").parse().expect("a target=level directive parses"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -100,12 +109,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime can be built on any supported platform")
 }
 
-fn install_crypto() {
-    // Both rustls users (MQTT and HTTP) share the ring provider; a second
-    // install attempt only fails if one is already set, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn run(path: &PathBuf, dry_run: bool) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
@@ -115,7 +118,6 @@ fn run(path: &PathBuf, dry_run: bool) -> ExitCode {
         }
     };
     init_logging(&config);
-    install_crypto();
     runtime().block_on(async move {
         let shutdown = CancellationToken::new();
         let options = Options { dry_run, reloader: Some(reloader(path)) };
@@ -176,7 +178,6 @@ fn check(path: &PathBuf, online: bool) -> ExitCode {
     if !online {
         return ExitCode::SUCCESS;
     }
-    install_crypto();
     let ok = runtime().block_on(mqtt_ha_gateway::app::check_online(&config, Duration::from_secs(10)));
     if ok {
         ExitCode::SUCCESS

@@ -80,7 +80,7 @@ impl HaClient {
 
     /// One attempt of `POST /api/services/<domain>/<service>`.
     pub async fn call_service(&self, call: &ServiceCall) -> Result<CallResponse, HaError> {
-        let url = self.url(&format!("api/services/{}/{}", call.domain, call.service));
+        let url = self.url(&service_path(call));
         let response = self
             .http
             .post(url)
@@ -190,6 +190,12 @@ impl HaClient {
         self.gate.inconclusive();
         transport_error(e)
     }
+}
+
+/// `api/services/<domain>/<service>`, relative to the base URL: both parts
+/// are slugs, so the path has exactly these three levels.
+pub fn service_path(call: &ServiceCall) -> String {
+    format!("api/services/{}/{}", call.domain, call.service)
 }
 
 fn transport_error(e: reqwest::Error) -> HaError {

@@ -8,8 +8,10 @@ use rumqttc::v5::mqttbytes::QoS;
 
 use crate::support::{setup, PREFIX};
 
-/// (what is tried, topic under the prefix, payload, retain, result topic under the prefix, expected error)
-fn rows() -> Vec<(&'static str, String, Vec<u8>, bool, String, &'static str)> {
+/// What is tried, topic under the prefix, payload, retain, result topic under the prefix, expected error.
+type Row = (&'static str, String, Vec<u8>, bool, String, &'static str);
+
+fn rows() -> Vec<Row> {
     let p = |s: &str| s.to_owned();
     let deep = format!("{{\"entity_id\":\"light.a\",\"x\":{}1{}}}", "[".repeat(100), "]".repeat(100));
     let wide = format!(

@@ -3,10 +3,13 @@
 
 mod commands;
 mod config_cli;
+mod examples;
 mod faults;
+mod hostile;
 mod lifecycle;
 mod mirror;
 mod observability;
 mod queue;
 mod routes;
 mod support;
+mod transport;
