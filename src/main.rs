@@ -119,6 +119,13 @@ fn run(path: &PathBuf, dry_run: bool) -> ExitCode {
     };
     init_logging(&config);
     runtime().block_on(async move {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let shutdown = CancellationToken::new();
         let options = Options { dry_run, reloader: Some(reloader(path)) };
         let running = match mqtt_ha_gateway::app::start(config, options, shutdown.clone()).await {
@@ -128,39 +135,60 @@ fn run(path: &PathBuf, dry_run: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let hup = running.hup.clone();
-        tokio::spawn(wait_for_signals(shutdown.clone(), hup));
+        tokio::spawn(signals.wait(shutdown.clone(), running.hup.clone()));
         running.wait().await;
         ExitCode::SUCCESS
     })
 }
 
+/// SIGTERM/SIGINT (shut down) and SIGHUP (reload), installed before anything
+/// starts so that an early signal is never fatal.
 #[cfg(unix)]
-async fn wait_for_signals(shutdown: CancellationToken, hup: tokio::sync::watch::Sender<u64>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hangup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: re-reading the token file, reloading access rules and routes");
-                hup.send_modify(|n| *n += 1);
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn wait(mut self, shutdown: CancellationToken, hup: tokio::sync::watch::Sender<u64>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: re-reading the token file, reloading access rules and routes");
+                    hup.send_modify(|n| *n += 1);
+                }
             }
         }
+        shutdown.cancel();
     }
-    shutdown.cancel();
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(shutdown: CancellationToken, _hup: tokio::sync::watch::Sender<u64>) {
-    let _ = tokio::signal::ctrl_c().await;
-    shutdown.cancel();
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn wait(self, shutdown: CancellationToken, _hup: tokio::sync::watch::Sender<u64>) {
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
+    }
 }
 
 fn check(path: &PathBuf, online: bool) -> ExitCode {

@@ -166,7 +166,8 @@ impl RouteTable {
         };
         let templates = &mut self.templates;
         let mut compile = |key: &str, src: &str, fail: &mut dyn FnMut(&str, String)| {
-            templates.add(src).map_err(|e| fail(key, format!("template: {e}"))).ok()
+            let label = format!("route {name:?} {key}");
+            templates.add_named(&label, src).map_err(|e| fail(key, format!("template: {e}"))).ok()
         };
         let when = r.when.as_deref().and_then(|w| {
             let source = format!("{{{{ {w} }}}}");

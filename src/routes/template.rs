@@ -38,8 +38,14 @@ impl Default for Templates {
 impl Templates {
     /// Compiles `source`; the error says where and why.
     pub fn add(&mut self, source: &str) -> Result<Tmpl, String> {
+        self.add_named("template", source)
+    }
+
+    /// Compiles `source` under a name that errors will show (`route "hall button" data.brightness`).
+    pub fn add_named(&mut self, name: &str, source: &str) -> Result<Tmpl, String> {
         self.count += 1;
-        let name = format!("t{}", self.count);
+        let name =
+            if self.env.get_template(name).is_ok() { format!("{name} #{}", self.count) } else { name.to_owned() };
         self.env.add_template_owned(name.clone(), source.to_owned()).map_err(describe)?;
         Ok(Tmpl(name))
     }

@@ -539,7 +539,7 @@ data.transition = 1
         r,
         json!({"ok":true,"changed":[],"route":"room-dimmer","dry_run":true,
                "call":{"service":"light.turn_on","data":{"brightness":127,"transition":1,"entity_id":"light.kitchen"}}}),
-        "{}",
+        "its log:\n{}",
         std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
     );
     // The call topic is dry too.
@@ -549,6 +549,7 @@ data.transition = 1
     assert!(ha.calls().is_empty(), "dry run sent {:?}", summary(&ha.calls()));
 
     let status = gateway.terminate().await;
-    assert!(status.success(), "exit {status:?} after SIGTERM");
+    let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+    assert!(status.success(), "exit {status:?} after SIGTERM; its log:\n{log}");
     assert!(ha.calls().is_empty(), "dry run sent {:?}", summary(&ha.calls()));
 }
