@@ -253,15 +253,17 @@ pub struct Outcome {
     /// A human-readable detail for the log (never the token, never a body
     /// larger than a line).
     pub detail: Option<String>,
+    /// HTTP requests made for it.
+    pub attempts: u32,
 }
 
 impl Outcome {
     pub fn done(status: u16, changed: Vec<Value>) -> Self {
-        Self { status: Some(status), changed, error: None, detail: None }
+        Self { status: Some(status), changed, error: None, detail: None, attempts: 0 }
     }
 
     pub fn failed(error: ErrorCode, status: Option<u16>, detail: impl Into<Option<String>>) -> Self {
-        Self { status, changed: Vec::new(), error: Some(error), detail: detail.into() }
+        Self { status, changed: Vec::new(), error: Some(error), detail: detail.into(), attempts: 0 }
     }
 
     pub fn ok(&self) -> bool {
@@ -285,4 +287,13 @@ pub struct Command {
     pub route: Option<std::sync::Arc<str>>,
     /// The route's flow control, with the key it applies per (route + target).
     pub flow: Option<(crate::routes::FlowSpec, String)>,
+    /// The message it came from, for the dead-letter topic.
+    pub origin: Origin,
+}
+
+/// The MQTT message a command came from (shared, not copied).
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub topic: std::sync::Arc<str>,
+    pub payload: bytes::Bytes,
 }

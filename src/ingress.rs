@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessPolicy;
 use crate::ack::{fingerprint, AckMsg, AckTracker, Registration};
-use crate::command::{Action, Command, ErrorCode, Outcome, ReplyTo};
+use crate::command::{Action, Command, ErrorCode, Origin, Outcome, ReplyTo};
 use crate::config::MqttConfig;
 use crate::metrics::{Health, Metrics};
 use crate::mirror::StateFilter;
@@ -80,7 +80,7 @@ pub fn options(config: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions,
     o.set_clean_start(false)
         .set_manual_acks(true)
         .set_request_channel_capacity(REQUEST_CHANNEL)
-        .set_last_will(LastWill::new(config.prefix.status(), "offline", QoS::AtLeastOnce, true, None));
+        .set_last_will(LastWill::new(config.status_topic.clone(), "offline", QoS::AtLeastOnce, true, None));
     let mut props = ConnectProperties::new();
     props.session_expiry_interval = Some(u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX));
     props.receive_maximum = Some(receive_maximum);
@@ -296,7 +296,7 @@ impl Ingress {
         );
         self.tracker.lock().expect("ack tracker lock is never poisoned").reconnected(session_present);
         self.subscribe_all();
-        if let Err(e) = self.client.try_publish(self.config.prefix.status(), QoS::AtLeastOnce, true, "online") {
+        if let Err(e) = self.client.try_publish(self.config.status_topic.clone(), QoS::AtLeastOnce, true, "online") {
             tracing::warn!(error = %e, "could not publish online status");
         }
     }
@@ -361,7 +361,7 @@ impl Ingress {
             .command_filters()
             .into_iter()
             .map(|path| Filter {
-                path,
+                path: shared(&self.config.shared_group, path),
                 qos: QoS::AtLeastOnce,
                 nolocal: true,
                 // Retain As Published: a retained command keeps its flag so we can ignore it.
@@ -382,7 +382,8 @@ impl Ingress {
     fn subscribe_route(&mut self, filter: String) {
         let properties =
             SubscribeProperties { id: Some(self.subscription_ids.id(&filter)), user_properties: Vec::new() };
-        if let Err(e) = self.client.try_subscribe_many_with_properties([route_filter(filter)], properties) {
+        let path = shared(&self.config.shared_group, filter);
+        if let Err(e) = self.client.try_subscribe_many_with_properties([route_filter(path)], properties) {
             tracing::error!(error = %e, "could not subscribe to a route's topic");
         }
     }
@@ -393,7 +394,7 @@ impl Ingress {
         let added: Vec<String> = wanted.iter().filter(|f| !self.route_subscriptions.contains(f)).cloned().collect();
         let removed: Vec<&String> = self.route_subscriptions.iter().filter(|f| !wanted.contains(f)).collect();
         for filter in removed {
-            if let Err(e) = self.client.try_unsubscribe(filter.clone()) {
+            if let Err(e) = self.client.try_unsubscribe(shared(&self.config.shared_group, filter.clone())) {
                 tracing::warn!(error = %e, filter = %filter, "could not unsubscribe");
             }
         }
@@ -430,6 +431,7 @@ impl Ingress {
                 get: false,
                 route: None,
                 call: None,
+                origin: None,
             };
             self.metrics.messages_received.with_label_values(&["other"]).inc();
             let _ = out.reports.send(report);
@@ -467,6 +469,7 @@ impl Ingress {
             get: false,
             route: None,
             call: None,
+            origin: None,
         };
         if publish.retain {
             let _ = out.reports.send(reject(
@@ -551,7 +554,9 @@ impl Ingress {
         let max_age = expiry.map_or(self.max_age, |e| e.min(self.max_age));
         self.next_id += 1;
         let deadline = received_at + max_age;
-        let command = Command { id: self.next_id, seq, action, reply, received_at, deadline, route: None, flow: None };
+        let origin = Origin { topic: Arc::from(topic.as_str()), payload: publish.payload.clone() };
+        let command =
+            Command { id: self.next_id, seq, action, reply, received_at, deadline, route: None, flow: None, origin };
         if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
             // Only at shutdown: leave it unacked for the next session.
             self.slots.release();
@@ -580,6 +585,7 @@ impl Ingress {
                 get: false,
                 route: None,
                 call: None,
+                origin: None,
             });
             return;
         }
@@ -606,6 +612,7 @@ impl Ingress {
                 get: false,
                 route: Some(route),
                 call: None,
+                origin: None,
             };
             let (route, call, flow) = match result {
                 RouteResult::Skipped { .. } => continue,
@@ -646,6 +653,7 @@ impl Ingress {
                 deadline: received_at + self.max_age,
                 route: Some(route),
                 flow,
+                origin: Origin { topic: Arc::from(topic.as_str()), payload: publish.payload.clone() },
             };
             if out.commands.send(command).is_err() {
                 self.slots.release();
@@ -656,7 +664,7 @@ impl Ingress {
     /// Publishes `offline` (a clean disconnect suppresses the will), sends
     /// DISCONNECT after everything queued before it, and waits briefly.
     async fn goodbye(mut self) {
-        let _ = self.client.try_publish(self.config.prefix.status(), QoS::AtLeastOnce, true, "offline");
+        let _ = self.client.try_publish(self.config.status_topic.clone(), QoS::AtLeastOnce, true, "offline");
         let _ = self.client.try_disconnect();
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
@@ -666,6 +674,14 @@ impl Ingress {
             }
         }
         self.set_connected(false);
+    }
+}
+
+/// `$share/<group>/<filter>` with a shared group (instances share the messages).
+fn shared(group: &Option<String>, filter: String) -> String {
+    match group {
+        Some(g) => format!("$share/{g}/{filter}"),
+        None => filter,
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     pub rate_limit_wait: prometheus::Counter,
     pub duplicates: IntCounter,
+    /// Commands published to `<prefix>/dead_letter`.
+    pub dead_letters: IntCounter,
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,
     pub acks_pending: IntGauge,
@@ -113,6 +115,7 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("each metric is registered once");
                 c
             },
+            dead_letters: counter(&r, "dead_letters_total", "Commands given up and published to <prefix>/dead_letter"),
             duplicates: counter(&r, "duplicates_total", "Redelivered commands recognised and not run again"),
             queue_depth: gauge(&r, "queue_depth", "Commands held (waiting and in flight)"),
             queue_capacity: gauge(&r, "queue_capacity", "Commands held at most"),

@@ -43,6 +43,40 @@ pub struct Report {
     pub route: Option<std::sync::Arc<str>>,
     /// `--dry-run`: the call that would have been made.
     pub call: Option<Value>,
+    /// The message it came from (commands that reached the queue).
+    pub origin: Option<crate::command::Origin>,
+}
+
+/// Whether an outcome is given up for good: such commands also go to
+/// `<prefix>/dead_letter` for inspection and replay.
+pub fn is_dead_letter(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Expired | ErrorCode::HaUnavailable | ErrorCode::HaTimeout | ErrorCode::HaUnauthorized)
+}
+
+/// The dead-letter payload: the original message, why, and how many tries.
+pub fn dead_letter_payload(report: &Report, origin: &crate::command::Origin, code: ErrorCode) -> Value {
+    let payload = match std::str::from_utf8(&origin.payload) {
+        Ok(text) => json!(text),
+        Err(_) => json!(origin.payload.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    };
+    let mut m = Map::new();
+    m.insert("topic".into(), json!(origin.topic.as_ref()));
+    m.insert("payload".into(), payload);
+    if std::str::from_utf8(&origin.payload).is_err() {
+        m.insert("payload_encoding".into(), json!("hex"));
+    }
+    m.insert("reason".into(), json!(code.as_str()));
+    m.insert("attempts".into(), json!(report.outcome.attempts));
+    if let Some(status) = report.outcome.status {
+        m.insert("status".into(), json!(status));
+    }
+    if let Some(route) = &report.route {
+        m.insert("route".into(), json!(route.as_ref()));
+    }
+    if let Some(c) = &report.reply.correlation {
+        m.insert("correlation".into(), c.clone());
+    }
+    Value::Object(m)
 }
 
 /// The result payload of the contract.
@@ -137,6 +171,13 @@ impl Publisher {
             }
             _ => {
                 self.publish_result(&report).await;
+                if let (Some(code), Some(origin)) = (report.outcome.error, &report.origin) {
+                    if is_dead_letter(code) {
+                        self.metrics.dead_letters.inc();
+                        let payload = dead_letter_payload(&report, origin, code).to_string().into_bytes();
+                        self.publish(self.prefix.dead_letter(), false, payload, None).await;
+                    }
+                }
                 for state in &report.outcome.changed {
                     self.states.touched(state, false).await;
                 }
@@ -217,6 +258,7 @@ mod tests {
             get: false,
             route: None,
             call: None,
+            origin: None,
         }
     }
 

@@ -84,6 +84,11 @@ impl TopicPrefix {
         format!("{}/status", self.0)
     }
 
+    /// Commands given up (expired, failed after retries): for inspection and replay.
+    pub fn dead_letter(&self) -> String {
+        format!("{}/dead_letter", self.0)
+    }
+
     /// Whether the gateway reaches Home Assistant (`online`/`offline`, retained).
     pub fn ha_status(&self) -> String {
         format!("{}/ha_status", self.0)

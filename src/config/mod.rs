@@ -71,6 +71,10 @@ pub struct MqttConfig {
     pub tls: bool,
     pub client_id: String,
     pub prefix: TopicPrefix,
+    /// `mqtt.shared_group`, validated.
+    pub shared_group: Option<String>,
+    /// `<prefix>/status`, or `<prefix>/status/<client_id>` with a shared group.
+    pub status_topic: String,
     pub username: Option<String>,
     pub password: Option<SecretSource>,
     pub ca_file: Option<PathBuf>,
@@ -438,6 +442,19 @@ impl Validator {
             self.error("mqtt.client_id", "must be 1 to 92 characters");
         }
         let prefix = self.record("mqtt.topic_prefix", TopicPrefix::new(&raw.topic_prefix));
+        let topic_safe = |s: &str| !s.is_empty() && !s.contains(['/', '+', '#', '\0']);
+        if let Some(group) = &raw.shared_group {
+            if !topic_safe(group) {
+                self.error("mqtt.shared_group", "must be non-empty, without '/', '+' or '#'");
+            }
+            if !topic_safe(&raw.client_id) {
+                self.error("mqtt.client_id", "with a shared group it names the status topic: no '/', '+' or '#'");
+            }
+        }
+        let status_topic = prefix.as_ref().map(|p| match &raw.shared_group {
+            Some(_) => format!("{}/{}", p.status(), raw.client_id),
+            None => p.status(),
+        });
         let password = self.secret(("mqtt.password", "mqtt.password_file"), raw.password, raw.password_file);
         if password.is_some() && raw.username.is_none() {
             self.error("mqtt.username", "is required when a password is set");
@@ -470,6 +487,8 @@ impl Validator {
             tls,
             client_id: raw.client_id,
             prefix: prefix?,
+            shared_group: raw.shared_group,
+            status_topic: status_topic?,
             username: raw.username,
             password,
             ca_file,

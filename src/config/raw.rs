@@ -74,6 +74,9 @@ pub struct RawMqtt {
     pub client_id: String,
     /// First level of every topic the gateway uses.
     pub topic_prefix: String,
+    /// MQTT 5 shared subscription group: several instances (each with its own
+    /// client_id) share the commands. Unset: one instance takes them all.
+    pub shared_group: Option<String>,
     /// MQTT username.
     pub username: Option<String>,
     /// MQTT password (prefer `password_file`).
@@ -102,6 +105,7 @@ impl Default for RawMqtt {
             url: "mqtt://127.0.0.1:1883".into(),
             client_id: "mqtt-ha-gateway".into(),
             topic_prefix: "ha-gateway".into(),
+            shared_group: None,
             username: None,
             password: None,
             password_file: None,

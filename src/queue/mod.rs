@@ -75,12 +75,20 @@ impl Executor {
 
     /// From "may it still run?" to a final outcome.
     pub async fn execute(&self, cmd: &Command) -> Outcome {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let mut outcome = self.attempt_all(cmd, &tries).await;
+        outcome.attempts = tries.into_inner();
+        outcome
+    }
+
+    async fn attempt_all(&self, cmd: &Command, tries: &std::sync::atomic::AtomicU32) -> Outcome {
         if self.dry_run && matches!(cmd.action, Action::Call(_)) {
             return Outcome {
                 status: None,
                 changed: Vec::new(),
                 error: None,
                 detail: Some("dry run: not sent".into()),
+                attempts: 0,
             };
         }
         let idempotent = cmd.action.is_idempotent();
@@ -112,6 +120,7 @@ impl Executor {
                 Wait::Shutdown => return shutting_down(),
             }
             let started = Instant::now();
+            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result = self.ha.execute(&cmd.action).await;
             self.metrics.ha_latency.observe(started.elapsed().as_secs_f64());
             self.metrics
@@ -205,6 +214,7 @@ fn report(command: Command, outcome: Outcome, call: Option<Value>) -> Report {
         held: true,
         route: command.route,
         call,
+        origin: Some(command.origin),
     }
 }
 

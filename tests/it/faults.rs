@@ -33,6 +33,15 @@ async fn retries_stop_at_max_attempts() {
     assert_eq!(r, json!({"ok":false,"status":502,"changed":[],"error":"ha_unavailable","correlation":"x"}));
     assert_eq!(env.ha.calls().len(), 3);
     assert_eq!(env.gateway.metric(r#"commands_total{outcome="failed",reason="ha_unavailable"}"#), 1.0);
+    // Given up: also on the dead-letter topic, for inspection and replay.
+    let dead = env.client.expect(&format!("{PREFIX}/dead_letter"), Duration::from_secs(10), |_| true).await;
+    assert!(!dead.retain);
+    assert_eq!(
+        dead.json(),
+        json!({"topic": format!("{PREFIX}/call/switch/turn_on"), "payload": r#"{"entity_id":"switch.a","correlation":"x"}"#,
+               "reason": "ha_unavailable", "attempts": 3, "status": 502, "correlation": "x"})
+    );
+    assert_eq!(env.gateway.metric("dead_letters_total"), 1.0);
     env.gateway.stop().await;
 }
 

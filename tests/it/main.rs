@@ -11,5 +11,6 @@ mod mirror;
 mod observability;
 mod queue;
 mod routes;
+mod scale;
 mod support;
 mod transport;

@@ -45,6 +45,7 @@ pub async fn setup(test: &str, overrides: &[(&str, &str)]) -> Option<Env> {
             &format!("{PREFIX}/state/#"),
             &format!("{PREFIX}/status"),
             &format!("{PREFIX}/ha_status"),
+            &format!("{PREFIX}/dead_letter"),
             "reply/#",
         ],
     )
