@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectProperties, Filter, LastWill, Packet, Publish, RetainForwardRule, SubscribeProperties,
+    ConnectProperties, DisconnectReasonCode, Filter, LastWill, Packet, Publish, RetainForwardRule, SubscribeProperties,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -39,6 +39,9 @@ use crate::translate::{translate, Limits};
 /// drops larger messages without telling anyone. Up to this size, a payload
 /// over `limits.max_payload_bytes` gets a `payload_too_large` result.
 const MAX_PACKET: u32 = 2 * 1024 * 1024;
+
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(30);
 
 /// Capacity of rumqttc's request channel (publishes, acks).
 pub const REQUEST_CHANNEL: usize = 1024;
@@ -219,6 +222,8 @@ impl Ingress {
     pub async fn run(mut self, outputs: Outputs, stop_taking: CancellationToken, stop_polling: CancellationToken) {
         let mut outputs = Some(outputs);
         let mut failures = 0u32;
+        let mut taken_over = false;
+        let mut connected_at: Option<Instant> = None;
         let mut connected_once = false;
         loop {
             let event = tokio::select! {
@@ -242,7 +247,11 @@ impl Ingress {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    failures = 0;
+                    // `failures` resets only once a connection has proved
+                    // stable: a connection that keeps dropping right after
+                    // CONNACK (a client-id fight, a broker refusing us) backs
+                    // off like one that cannot connect at all.
+                    connected_at = Some(Instant::now());
                     self.on_connack(ack.session_present, connected_once);
                     connected_once = true;
                 }
@@ -260,12 +269,31 @@ impl Ingress {
                     }
                 }
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
-                    tracing::warn!(reason = ?d.reason_code, "the broker closed the connection");
+                    if d.reason_code == DisconnectReasonCode::SessionTakenOver {
+                        // Another client uses our client_id. Reconnecting at once
+                        // would take it back and start a fight: wait the longest pause.
+                        taken_over = true;
+                        self.metrics.mqtt_taken_over.inc();
+                        tracing::error!(
+                            client_id = %self.config.client_id,
+                            "another client connected with this client_id and took over the session; \
+                             give every gateway instance its own mqtt.client_id"
+                        );
+                    } else {
+                        tracing::warn!(reason = ?d.reason_code, "the broker closed the connection");
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     self.set_connected(false);
-                    let delay = self.config.reconnect.delay(failures);
+                    if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
+                        failures = 0;
+                    }
+                    let delay = if std::mem::take(&mut taken_over) {
+                        self.config.reconnect.max()
+                    } else {
+                        self.config.reconnect.delay(failures)
+                    };
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
                     tokio::select! {

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub overflow: IntGauge,
     pub mqtt_connected: IntGauge,
     pub mqtt_reconnects: IntCounter,
+    /// Times another client took over our session (same client_id).
+    pub mqtt_taken_over: IntCounter,
     pub ha_up: IntGauge,
     pub ha_websocket_connected: IntGauge,
     /// Entities whose state the gateway publishes.
@@ -122,6 +124,11 @@ impl Metrics {
             acks_pending: gauge(&r, "acks_pending", "QoS 1 commands received and not yet acknowledged"),
             overflow: gauge(&r, "queue_overflow", "QoS 1 commands received beyond queue capacity, waiting for a slot"),
             mqtt_connected: gauge(&r, "mqtt_connected", "1 while connected to the broker"),
+            mqtt_taken_over: counter(
+                &r,
+                "mqtt_session_taken_over_total",
+                "Times another client connected with our client_id",
+            ),
             mqtt_reconnects: counter(&r, "mqtt_reconnects_total", "Connections to the broker after the first"),
             ha_up: gauge(&r, "ha_up", "1 while Home Assistant answers and accepts the token"),
             ha_websocket_connected: gauge(

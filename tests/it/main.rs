@@ -1,6 +1,7 @@
 //! Integration tests: the gateway against a real Mosquitto and a fake HA.
 //! The real-HA tier lives in `tests/e2e`.
 
+mod chaos;
 mod commands;
 mod config_cli;
 mod examples;

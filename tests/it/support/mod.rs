@@ -6,6 +6,7 @@ pub mod client;
 pub mod fake_ha;
 pub mod fake_ws;
 pub mod gateway;
+pub mod proxy;
 
 use std::path::PathBuf;
 
