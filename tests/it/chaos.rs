@@ -62,16 +62,10 @@ impl Rig {
     }
 }
 
-fn publish_all<'a>(client: &'a TestClient, n: u64) -> impl std::future::Future<Output = ()> + 'a {
-    async move {
-        for i in 0..n {
-            client
-                .publish(
-                    &format!("{PREFIX}/call/light/turn_on"),
-                    json!({"entity_id": format!("light.l{}", i % 13), "n": i}).to_string(),
-                )
-                .await;
-        }
+async fn publish_all(client: &TestClient, n: u64) {
+    for i in 0..n {
+        let body = json!({"entity_id": format!("light.l{}", i % 13), "n": i}).to_string();
+        client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
     }
 }
 
@@ -171,5 +165,22 @@ async fn a_client_id_takeover_does_not_start_a_reconnect_fight() {
     // (50 ms doubling, jitter at most halving) they take at least 1.5 s.
     assert!(started.elapsed() >= Duration::from_millis(1500), "six reconnections in {:?}", started.elapsed());
     gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_broker_link_delays_commands_but_loses_none() {
+    let Some(rig) = rig("chaos_latency").await else { return };
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", rig.broker.port).parse().unwrap()).await;
+    proxy.set(Mode::Latency(Duration::from_millis(30)));
+    let config = rig.config(proxy.addr.port(), &rig.ha.url());
+    let gateway = Gateway::start(&config, &[]).await;
+    let mut client = TestClient::connect(rig.broker.port, "chaos-latency", &[&format!("{PREFIX}/status")]).await;
+    client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    publish_all(&client, 30).await;
+    gateway.wait_metric(r#"commands_total{outcome="done",reason=""}"#, T, |v| v == 30.0).await;
+    assert_eq!(distinct(&rig.ha), 30);
+    assert_balanced(&gateway).await;
+    assert_eq!(proxy.connections(), 1, "latency alone never breaks the connection");
     gateway.stop().await;
 }
