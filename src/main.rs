@@ -87,10 +87,14 @@ const WIRE_LOGGERS: &[&str] =
     &["tungstenite", "tokio_tungstenite", "rumqttc", "hyper", "hyper_util", "reqwest", "rustls", "h2"];
 
 fn init_logging(config: &Config) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let spec = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| config.log.level.clone());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    for target in WIRE_LOGGERS {
-        filter = filter.add_directive(format!("{target}=debug").parse().expect("a target=level directive parses"));
+    // A cap, not a raise: only when something asks for trace.
+    if spec.to_ascii_lowercase().contains("trace") {
+        for target in WIRE_LOGGERS {
+            filter = filter.add_directive(format!("{target}=debug").parse().expect("a target=level directive parses"));
+        }
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -110,14 +110,16 @@ impl Executor {
                 );
             }
             let slot = self.limiter.reserve();
+            // No timer for a zero wait: tokio's timer ticks in milliseconds,
+            // and a sleep of nothing would cost one.
             if !slot.is_zero() {
                 self.metrics.rate_limited.inc();
                 self.metrics.rate_limit_wait.inc_by(slot.as_secs_f64());
-            }
-            match self.wait(Instant::now() + slot, cmd.deadline).await {
-                Wait::Done => {}
-                Wait::Deadline => return expired(last),
-                Wait::Shutdown => return shutting_down(),
+                match self.wait(Instant::now() + slot, cmd.deadline).await {
+                    Wait::Done => {}
+                    Wait::Deadline => return expired(last),
+                    Wait::Shutdown => return shutting_down(),
+                }
             }
             let started = Instant::now();
             tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
