@@ -87,7 +87,8 @@ const WIRE_LOGGERS: &[&str] =
     &["tungstenite", "tokio_tungstenite", "rumqttc", "hyper", "hyper_util", "reqwest", "rustls", "h2"];
 
 fn init_logging(config: &Config) {
-    let spec = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| config.log.level.clone());
+    let spec =
+        std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| config.log.level.clone());
     let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     // A cap, not a raise: only when something asks for trace.
