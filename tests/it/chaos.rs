@@ -184,3 +184,24 @@ async fn a_slow_broker_link_delays_commands_but_loses_none() {
     assert_eq!(proxy.connections(), 1, "latency alone never breaks the connection");
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_blackholed_broker_link_is_detected_by_keep_alive_and_nothing_is_lost() {
+    let Some(rig) = rig("chaos_broker_blackhole").await else { return };
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", rig.broker.port).parse().unwrap()).await;
+    let config = rig.config(proxy.addr.port(), &rig.ha.url());
+    let gateway = Gateway::start(&config, &[("MQTT__KEEP_ALIVE", "5s")]).await;
+    let mut client = TestClient::connect(rig.broker.port, "chaos-bbh", &[&format!("{PREFIX}/status")]).await;
+    client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    proxy.set(Mode::Blackhole);
+    // Sent into the void: the broker believes the gateway still listens.
+    publish_all(&client, 10).await;
+    // No TCP error ever comes; the missing PINGRESP gives the link away.
+    gateway.wait_metric("mqtt_connected", T, |v| v == 0.0).await;
+    proxy.set(Mode::Pass);
+    gateway.wait_metric("mqtt_reconnects_total", T, |v| v >= 1.0).await;
+    // The session kept them: redelivered and executed after the reconnect.
+    rig.ha.wait_calls(T, "the ten commands", |_| distinct(&rig.ha) == 10).await;
+    assert_balanced(&gateway).await;
+    gateway.stop().await;
+}
