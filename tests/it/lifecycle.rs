@@ -166,3 +166,34 @@ async fn a_kept_session_without_subscriptions_is_repaired_on_connect() {
     assert_eq!(client.set("light.kitchen", "ON", "light.turn_on").await["ok"], true);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn sigterm_under_load_exits_0_and_the_rest_runs_after_a_restart() {
+    let Some(rig) = rig("sigterm_load").await else { return };
+    let mut client = TestClient::connect(rig.broker.port, "terminator-load", &[&format!("{PREFIX}/status")]).await;
+    rig.ha.set_delay(Duration::from_millis(30));
+    let mut gw = spawn_gateway(&rig.config, &rig.dir.path().join("gateway1.log"));
+    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"online").await;
+    const N: u64 = 120;
+    for n in 0..N {
+        client
+            .publish(
+                &format!("{PREFIX}/call/light/turn_on"),
+                json!({"entity_id": format!("light.l{}", n % 9), "n": n}).to_string(),
+            )
+            .await;
+    }
+    rig.ha.wait_calls(Duration::from_secs(20), "a quarter", |c| c.len() as u64 >= N / 4).await;
+    assert!(Command::new("kill").args(["-TERM", &gw.id().to_string()]).status().unwrap().success());
+    let exit = tokio::task::spawn_blocking(move || gw.wait().unwrap()).await.unwrap();
+    assert_eq!(exit.code(), Some(0), "drained and exited 0 under load");
+    client.expect(&format!("{PREFIX}/status"), Duration::from_secs(10), |m| &m.payload[..] == b"offline").await;
+    let mut gw = spawn_gateway(&rig.config, &rig.dir.path().join("gateway2.log"));
+    rig.ha
+        .wait_calls(Duration::from_secs(60), "every command", |c| {
+            c.iter().map(|c| c.body["n"].as_u64().unwrap()).collect::<HashSet<_>>().len() as u64 == N
+        })
+        .await;
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+}
