@@ -205,3 +205,42 @@ async fn a_blackholed_broker_link_is_detected_by_keep_alive_and_nothing_is_lost(
     assert_balanced(&gateway).await;
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_20k_commands_is_all_delivered_with_bounded_memory() {
+    let Some(rig) = rig("chaos_burst").await else { return };
+    let config = rig.config(rig.broker.port, &rig.ha.url());
+    let capacity = 2_000.0;
+    let gateway =
+        Gateway::start(&config, &[("QUEUE__CAPACITY", "2000"), ("QUEUE__CONCURRENCY", "16"), ("LOG__LEVEL", "warn")])
+            .await;
+    let mut client = TestClient::connect(rig.broker.port, "chaos-burst", &[&format!("{PREFIX}/status")]).await;
+    client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    const N: u64 = 20_000;
+    let sender = tokio::spawn(async move {
+        publish_all(&client, N).await;
+        client
+    });
+    // While it flows: the queue never holds more than its capacity; the
+    // broker holds the rest of the backlog.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut max_depth = 0.0f64;
+    while gateway.metric(r#"commands_total{outcome="done",reason=""}"#) < N as f64 {
+        max_depth = max_depth.max(gateway.metric("queue_depth"));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {N} done",
+            gateway.metric(r#"commands_total{outcome="done",reason=""}"#)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _client = sender.await.unwrap();
+    assert!(max_depth <= capacity, "queue held {max_depth} > {capacity}");
+    assert_eq!(distinct(&rig.ha), N as usize, "all delivered");
+    assert_balanced(&gateway).await;
+    eprintln!(
+        "burst: {N} commands, queue depth peaked at {max_depth}, overflow parked at most {}",
+        gateway.metric("queue_overflow")
+    );
+    gateway.stop().await;
+}
