@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessPolicy;
 use crate::ack::{fingerprint, AckMsg, AckTracker, Registration};
-use crate::command::{Action, Command, ErrorCode, Origin, Outcome, ReplyTo};
+use crate::command::{Action, Command, ErrorCode, Origin, ReplyTo};
 use crate::config::MqttConfig;
 use crate::metrics::{Health, Metrics};
 use crate::mirror::StateFilter;
@@ -448,19 +448,14 @@ impl Ingress {
         if incoming.publish.topic.len() > self.limits.max_topic_length {
             let topic = String::from_utf8_lossy(&incoming.publish.topic);
             let shown: String = topic.chars().take(64).collect();
-            let report = Report {
-                seq: incoming.seq,
-                service: None,
-                topic: Some(format!("{shown}…")),
-                reply: ReplyTo::default(),
-                outcome: Outcome::failed(ErrorCode::TopicTooLong, None, format!("topic of {} bytes", topic.len())),
-                received_at: incoming.received_at,
-                held: false,
-                get: false,
-                route: None,
-                call: None,
-                origin: None,
-            };
+            let detail = format!("topic of {} bytes", topic.len());
+            let report = Report::rejected(
+                incoming.seq,
+                incoming.received_at,
+                format!("{shown}…"),
+                ErrorCode::TopicTooLong,
+                detail,
+            );
             self.metrics.messages_received.with_label_values(&["other"]).inc();
             let _ = out.reports.send(report);
             return;
@@ -487,17 +482,9 @@ impl Ingress {
             expiry = p.message_expiry_interval.map(|s| Duration::from_secs(u64::from(s)));
         }
         let reject = |code: ErrorCode, service, reply: ReplyTo, detail: String| Report {
-            seq,
             service,
-            topic: Some(topic.clone()),
             reply,
-            outcome: Outcome::failed(code, None, detail),
-            received_at,
-            held: false,
-            get: false,
-            route: None,
-            call: None,
-            origin: None,
+            ..Report::rejected(seq, received_at, topic.clone(), code, detail)
         };
         if publish.retain {
             let _ = out.reports.send(reject(
@@ -601,20 +588,7 @@ impl Ingress {
         self.metrics.messages_received.with_label_values(&["route"]).inc();
         let rules = Arc::clone(&self.rules.borrow());
         if let Err(refused) = self.limits.check_size(&publish.payload) {
-            self.tracker.lock().expect("ack tracker lock is never poisoned").set_parts(seq, 1);
-            let _ = out.reports.send(Report {
-                seq,
-                service: None,
-                topic: Some(topic.clone()),
-                reply: ReplyTo::default(),
-                outcome: Outcome::failed(refused.code, None, refused.detail),
-                received_at,
-                held: false,
-                get: false,
-                route: None,
-                call: None,
-                origin: None,
-            });
+            let _ = out.reports.send(Report::rejected(seq, received_at, topic, refused.code, refused.detail));
             return;
         }
         let ids = publish.properties.as_ref().map(|p| p.subscription_identifiers.as_slice()).unwrap_or_default();
@@ -630,17 +604,9 @@ impl Ingress {
         let qos0 = publish.qos == QoS::AtMostOnce;
         for result in results {
             let report = |route, code, service, detail: String| Report {
-                seq,
                 service,
-                topic: Some(topic.clone()),
-                reply: ReplyTo::default(),
-                outcome: Outcome::failed(code, None, detail),
-                received_at,
-                held: false,
-                get: false,
                 route: Some(route),
-                call: None,
-                origin: None,
+                ..Report::rejected(seq, received_at, topic.clone(), code, detail)
             };
             let (route, call, flow) = match result {
                 RouteResult::Skipped { .. } => continue,

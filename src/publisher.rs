@@ -47,6 +47,25 @@ pub struct Report {
     pub origin: Option<crate::command::Origin>,
 }
 
+impl Report {
+    /// A message refused before it became a command (it holds no queue slot).
+    pub fn rejected(seq: u64, received_at: Instant, topic: String, code: ErrorCode, detail: String) -> Self {
+        Self {
+            seq,
+            service: None,
+            topic: Some(topic),
+            reply: ReplyTo::default(),
+            outcome: Outcome::failed(code, None, detail),
+            received_at,
+            held: false,
+            get: false,
+            route: None,
+            call: None,
+            origin: None,
+        }
+    }
+}
+
 /// Whether an outcome is given up for good: such commands also go to
 /// `<prefix>/dead_letter` for inspection and replay.
 pub fn is_dead_letter(code: ErrorCode) -> bool {

@@ -248,12 +248,13 @@ pub struct RawLimits {
 
 impl Default for RawLimits {
     fn default() -> Self {
+        let l = crate::translate::Limits::default();
         Self {
-            max_payload_bytes: 64 * 1024,
-            max_json_depth: 16,
-            max_json_keys: 512,
-            max_topic_length: 512,
-            max_correlation_bytes: 512,
+            max_payload_bytes: l.max_payload_bytes,
+            max_json_depth: l.max_json_depth,
+            max_json_keys: l.max_json_keys,
+            max_topic_length: l.max_topic_length,
+            max_correlation_bytes: l.max_correlation_bytes,
         }
     }
 }

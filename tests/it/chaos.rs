@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::proxy::{FaultProxy, Mode};
-use crate::support::{Broker, FakeHa, Gateway, Reply, TestClient, PREFIX, TOKEN};
+use crate::support::{rig, FakeHa, Gateway, Reply, TestClient, PREFIX};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -40,28 +40,6 @@ async fn assert_balanced(gateway: &Gateway) {
     }
 }
 
-struct Rig {
-    broker: Broker,
-    ha: FakeHa,
-    dir: tempfile::TempDir,
-    token_file: std::path::PathBuf,
-}
-
-async fn rig(test: &str) -> Option<Rig> {
-    let broker = Broker::start(test)?;
-    let ha = FakeHa::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    Some(Rig { broker, ha, dir, token_file })
-}
-
-impl Rig {
-    fn config(&self, broker_port: u16, ha_url: &str) -> std::path::PathBuf {
-        crate::support::gateway::write_config(self.dir.path(), broker_port, ha_url, &self.token_file)
-    }
-}
-
 async fn publish_all(client: &TestClient, n: u64) {
     for i in 0..n {
         let body = json!({"entity_id": format!("light.l{}", i % 13), "n": i}).to_string();
@@ -76,7 +54,7 @@ fn distinct(ha: &FakeHa) -> usize {
 #[tokio::test]
 async fn home_assistant_failing_a_third_of_the_calls_loses_nothing() {
     let Some(rig) = rig("chaos_5xx").await else { return };
-    let config = rig.config(rig.broker.port, &rig.ha.url());
+    let config = rig.config_for(rig.broker.port, &rig.ha.url());
     let gateway = Gateway::start(&config, &[("HOME_ASSISTANT__MAX_ATTEMPTS", "10")]).await;
     rig.ha.script((0..90).map(|i| Reply::status([500, 200, 503][i % 3])));
     let client = TestClient::connect(rig.broker.port, "chaos-5xx", &[]).await;
@@ -93,7 +71,7 @@ async fn home_assistant_failing_a_third_of_the_calls_loses_nothing() {
 async fn a_blackholed_home_assistant_is_caught_by_the_timeout_and_nothing_is_lost() {
     let Some(rig) = rig("chaos_blackhole").await else { return };
     let proxy = FaultProxy::start(rig.ha.addr).await;
-    let config = rig.config(rig.broker.port, &format!("http://{}", proxy.addr));
+    let config = rig.config_for(rig.broker.port, &format!("http://{}", proxy.addr));
     let overrides = [
         ("HOME_ASSISTANT__REQUEST_TIMEOUT", "300ms"),
         ("HOME_ASSISTANT__MAX_ATTEMPTS", "50"),
@@ -116,7 +94,7 @@ async fn a_blackholed_home_assistant_is_caught_by_the_timeout_and_nothing_is_los
 async fn a_reset_broker_connection_mid_stream_loses_no_command() {
     let Some(rig) = rig("chaos_reset").await else { return };
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", rig.broker.port).parse().unwrap()).await;
-    let config = rig.config(proxy.addr.port(), &rig.ha.url());
+    let config = rig.config_for(proxy.addr.port(), &rig.ha.url());
     rig.ha.set_delay(Duration::from_millis(10));
     let gateway = Gateway::start(&config, &[("QUEUE__CONCURRENCY", "2")]).await;
     let mut client = TestClient::connect(rig.broker.port, "chaos-reset", &[&format!("{PREFIX}/status")]).await;
@@ -142,7 +120,7 @@ async fn a_reset_broker_connection_mid_stream_loses_no_command() {
 #[tokio::test]
 async fn a_client_id_takeover_does_not_start_a_reconnect_fight() {
     let Some(rig) = rig("chaos_takeover").await else { return };
-    let config = rig.config(rig.broker.port, &rig.ha.url());
+    let config = rig.config_for(rig.broker.port, &rig.ha.url());
     let gateway = Gateway::start(&config, &[("MQTT__RECONNECT_MIN", "50ms"), ("MQTT__RECONNECT_MAX", "2s")]).await;
     gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
     // A misconfigured second client with the same client id, reconnecting
@@ -173,7 +151,7 @@ async fn a_slow_broker_link_delays_commands_but_loses_none() {
     let Some(rig) = rig("chaos_latency").await else { return };
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", rig.broker.port).parse().unwrap()).await;
     proxy.set(Mode::Latency(Duration::from_millis(30)));
-    let config = rig.config(proxy.addr.port(), &rig.ha.url());
+    let config = rig.config_for(proxy.addr.port(), &rig.ha.url());
     let gateway = Gateway::start(&config, &[]).await;
     let mut client = TestClient::connect(rig.broker.port, "chaos-latency", &[&format!("{PREFIX}/status")]).await;
     client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
@@ -189,7 +167,7 @@ async fn a_slow_broker_link_delays_commands_but_loses_none() {
 async fn a_blackholed_broker_link_is_detected_by_keep_alive_and_nothing_is_lost() {
     let Some(rig) = rig("chaos_broker_blackhole").await else { return };
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", rig.broker.port).parse().unwrap()).await;
-    let config = rig.config(proxy.addr.port(), &rig.ha.url());
+    let config = rig.config_for(proxy.addr.port(), &rig.ha.url());
     let gateway = Gateway::start(&config, &[("MQTT__KEEP_ALIVE", "5s")]).await;
     let mut client = TestClient::connect(rig.broker.port, "chaos-bbh", &[&format!("{PREFIX}/status")]).await;
     client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
@@ -209,7 +187,7 @@ async fn a_blackholed_broker_link_is_detected_by_keep_alive_and_nothing_is_lost(
 #[tokio::test]
 async fn a_burst_of_20k_commands_is_all_delivered_with_bounded_memory() {
     let Some(rig) = rig("chaos_burst").await else { return };
-    let config = rig.config(rig.broker.port, &rig.ha.url());
+    let config = rig.config_for(rig.broker.port, &rig.ha.url());
     let capacity = 2_000.0;
     let gateway =
         Gateway::start(&config, &[("QUEUE__CAPACITY", "2000"), ("QUEUE__CONCURRENCY", "16"), ("LOG__LEVEL", "warn")])

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Broker, FakeHa, TestClient, PREFIX, TOKEN};
+use crate::support::{rig, TestClient, PREFIX};
 
 fn spawn_gateway(config: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_mqtt-ha-gateway"))
@@ -20,23 +20,6 @@ fn spawn_gateway(config: &Path, log: &Path) -> Child {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("start the gateway binary")
-}
-
-struct Rig {
-    broker: Broker,
-    ha: FakeHa,
-    dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-}
-
-async fn rig(test: &str) -> Option<Rig> {
-    let broker = Broker::start(test)?;
-    let ha = FakeHa::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let config = crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
-    Some(Rig { broker, ha, dir, config })
 }
 
 #[tokio::test]

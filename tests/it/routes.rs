@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Broker, FakeHa, Gateway, TestClient, PREFIX, TOKEN};
+use crate::support::{Broker, FakeHa, Gateway, TestClient, PREFIX};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -21,14 +21,9 @@ struct Rig {
 
 /// A broker, a fake HA, a config with `routes` in `routes.d/main.toml`.
 async fn rig(test: &str, routes: &str) -> Option<Rig> {
-    let broker = Broker::start(test)?;
-    let ha = FakeHa::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let config = crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
-    std::fs::create_dir(dir.path().join("routes.d")).unwrap();
-    std::fs::write(dir.path().join("routes.d/main.toml"), routes).unwrap();
+    let base = crate::support::rig(test).await?;
+    base.routes("main", routes);
+    let crate::support::Rig { broker, ha, dir, config, .. } = base;
     let client = TestClient::connect(
         broker.port,
         &format!("{test}-results"),

@@ -18,6 +18,42 @@ pub use gateway::{Gateway, PREFIX};
 
 pub const TOKEN: &str = "test-token-0123456789";
 
+/// A broker, a fake HA and a config file for them; the test starts the
+/// gateway itself (in-process, as a process, behind a proxy…).
+pub struct Rig {
+    pub broker: Broker,
+    pub ha: FakeHa,
+    pub dir: tempfile::TempDir,
+    pub token_file: PathBuf,
+    /// `gateway.toml` for this broker and HA.
+    pub config: PathBuf,
+}
+
+/// `None` when no broker can run here (the test says SKIPPED).
+pub async fn rig(test: &str) -> Option<Rig> {
+    let broker = Broker::start(test)?;
+    let ha = FakeHa::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let config = gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
+    Some(Rig { broker, ha, dir, token_file, config })
+}
+
+impl Rig {
+    /// Rewrites the config for another broker port or HA URL (a proxy in between).
+    pub fn config_for(&self, broker_port: u16, ha_url: &str) -> PathBuf {
+        gateway::write_config(self.dir.path(), broker_port, ha_url, &self.token_file)
+    }
+
+    /// Writes `routes` as `routes.d/<name>.toml` beside the config.
+    pub fn routes(&self, name: &str, routes: &str) {
+        let dir = self.dir.path().join("routes.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.toml")), routes).unwrap();
+    }
+}
+
 /// Everything a command-path test needs.
 pub struct Env {
     pub broker: Broker,
