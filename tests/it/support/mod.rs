@@ -68,12 +68,7 @@ pub struct Env {
 /// Starts broker, fake HA, gateway (with `overrides`) and a client subscribed
 /// to everything the gateway publishes. `None` when no broker can run here.
 pub async fn setup(test: &str, overrides: &[(&str, &str)]) -> Option<Env> {
-    let broker = Broker::start(test)?;
-    let ha = FakeHa::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let config = gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
+    let Rig { broker, ha, dir, token_file, config } = rig(test).await?;
     let client = TestClient::connect(
         broker.port,
         &format!("tester-{test}"),
