@@ -222,3 +222,28 @@ async fn a_burst_of_20k_commands_is_all_delivered_with_bounded_memory() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_broker_restart_mid_stream_loses_no_command() {
+    let Some(mut broker) = crate::support::Broker::start_persistent("chaos_broker_restart") else { return };
+    let ha = FakeHa::start(crate::support::TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, crate::support::TOKEN).unwrap();
+    let config = crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
+    ha.set_delay(Duration::from_millis(20));
+    let gateway = Gateway::start(&config, &[("QUEUE__CONCURRENCY", "1")]).await;
+    gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
+    {
+        let client = TestClient::connect(broker.port, "chaos-broker-restart", &[]).await;
+        publish_all(&client, 100).await;
+        // Every publish was accepted (PUBACK) before the restart.
+        client.client.disconnect().await.unwrap();
+    }
+    ha.wait_calls(T, "a quarter", |c| c.len() >= 25).await;
+    broker.restart_gracefully();
+    gateway.wait_metric("mqtt_reconnects_total", T, |v| v >= 1.0).await;
+    ha.wait_calls(T, "every command after the restart", |_| distinct(&ha) == 100).await;
+    assert_balanced(&gateway).await;
+    gateway.stop().await;
+}

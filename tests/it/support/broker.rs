@@ -13,6 +13,8 @@ pub struct Broker {
     child: Option<Child>,
     dir: tempfile::TempDir,
     binary: PathBuf,
+    /// Keeps sessions and queued messages on disk across restarts.
+    persistent: bool,
 }
 
 fn find_mosquitto() -> Option<PathBuf> {
@@ -41,9 +43,28 @@ impl Broker {
             return None;
         };
         let dir = tempfile::tempdir().expect("create a temp dir");
-        let mut broker = Broker { port: free_port(), child: None, dir, binary };
+        let mut broker = Broker { port: free_port(), child: None, dir, binary, persistent: false };
         broker.spawn();
         Some(broker)
+    }
+
+    /// A broker that saves sessions and queued messages to disk when it stops.
+    pub fn start_persistent(test: &str) -> Option<Broker> {
+        let mut broker = Self::start(test)?;
+        broker.persistent = true;
+        broker.restart();
+        Some(broker)
+    }
+
+    /// Stops the broker gracefully (SIGTERM: a persistent one saves its
+    /// state) and starts it again on the same port.
+    pub fn restart_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
+            assert!(status.success());
+            child.wait().expect("mosquitto exits");
+        }
+        self.spawn();
     }
 
     fn spawn(&mut self) {
@@ -51,8 +72,13 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nmax_queued_messages 200000\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
+                "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{}\nmax_queued_messages 200000\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
                 self.port,
+                if self.persistent {
+                    format!("persistence true\npersistence_location {}/", self.dir.path().display())
+                } else {
+                    "persistence false".to_owned()
+                },
                 std::env::var("TEST_BROKER_LOG").map(|_| "log_type all\n").unwrap_or("")
             ),
         )
