@@ -223,7 +223,35 @@ async fn process(entities: usize) {
         peak as f64 / 1024.0,
         (rss.saturating_sub(idle) * 1024) as f64 / entities as f64
     );
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+
+    // 10 000 commands held: HA answers slowly, the queue fills to capacity.
+    ha.set_delay(Duration::from_secs(30));
+    let publisher = support::TestClient::connect(broker.port, "bench-backlog", &[]).await;
+    for i in 0..entities {
+        let body = json!({"entity_id": format!("light.l{i}")}).to_string();
+        publisher.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
+    }
+    let full = Instant::now();
+    loop {
+        let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+        let depth = text
+            .lines()
+            .find_map(|l| l.strip_prefix("mqtt_ha_gateway_queue_depth "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if depth >= entities as f64 {
+            break;
+        }
+        assert!(full.elapsed() < Duration::from_secs(60), "the queue never filled ({depth})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (rss, peak) = rss_kib(child.id());
+    println!(
+        "backlog: {entities} commands queued; RSS {:.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    let _ = child.kill();
     let _ = child.wait();
 }
 

@@ -40,6 +40,9 @@ use crate::translate::{translate, Limits};
 /// over `limits.max_payload_bytes` gets a `payload_too_large` result.
 const MAX_PACKET: u32 = 2 * 1024 * 1024;
 
+/// Our QoS 1 publishes (results, states) awaiting the broker's PUBACK at once.
+const OUTGOING_INFLIGHT: u16 = 256;
+
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE: Duration = Duration::from_secs(30);
 
@@ -81,6 +84,9 @@ pub fn connection_options(config: &MqttConfig, client_id: &str) -> Result<MqttOp
 pub fn options(config: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions, MqttSetupError> {
     let mut o = connection_options(config, &config.client_id)?;
     o.set_clean_start(false)
+        // rumqttc keeps a slot per possible in-flight publish of ours (results,
+        // states); the broker's Receive Maximum of 65 535 would cost ~13 MiB.
+        .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
         .set_manual_acks(true)
         .set_request_channel_capacity(REQUEST_CHANNEL)
         .set_last_will(LastWill::new(config.status_topic.clone(), "offline", QoS::AtLeastOnce, true, None));
