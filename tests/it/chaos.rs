@@ -225,12 +225,8 @@ async fn a_burst_of_20k_commands_is_all_delivered_with_bounded_memory() {
 
 #[tokio::test]
 async fn a_broker_restart_mid_stream_loses_no_command() {
-    let Some(mut broker) = crate::support::Broker::start_persistent("chaos_broker_restart") else { return };
-    let ha = FakeHa::start(crate::support::TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, crate::support::TOKEN).unwrap();
-    let config = crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
+    let Some(broker) = crate::support::Broker::start_persistent("chaos_broker_restart") else { return };
+    let crate::support::Rig { mut broker, ha, config, dir: _dir, .. } = crate::support::rig_on(broker).await;
     ha.set_delay(Duration::from_millis(20));
     let gateway = Gateway::start(&config, &[("QUEUE__CONCURRENCY", "1")]).await;
     gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;

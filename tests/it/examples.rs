@@ -110,16 +110,11 @@ struct Rig {
 }
 
 async fn rig(test: &str, example: &str) -> Option<Rig> {
-    let broker = Broker::start(test)?;
-    let ha = FakeHa::start(TOKEN).await;
     let text = read_example(example);
     let allow = allow_services(example, &text);
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let config = crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
-    std::fs::create_dir(dir.path().join("routes.d")).unwrap();
-    std::fs::write(dir.path().join("routes.d").join(example), text).unwrap();
+    let base = crate::support::rig(test).await?;
+    base.routes(example.trim_end_matches(".toml"), &text);
+    let crate::support::Rig { broker, ha, dir, config, .. } = base;
     let mut results = TestClient::connect(
         broker.port,
         &format!("{test}-results"),
@@ -495,15 +490,9 @@ impl Drop for Process {
 
 #[tokio::test]
 async fn dry_run_reports_calls_without_making_them() {
-    let Some(broker) = Broker::start("ex_dry_run") else { return };
-    let ha = FakeHa::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let config = crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
-    std::fs::create_dir(dir.path().join("routes.d")).unwrap();
-    std::fs::write(
-        dir.path().join("routes.d/dimmer.toml"),
+    let Some(base) = crate::support::rig("ex_dry_run").await else { return };
+    base.routes(
+        "dimmer",
         r#"
 [[route]]
 name = "room-dimmer"
@@ -514,8 +503,8 @@ entity_id = "light.{{ room }}"
 data.brightness = "{{ (value_json.level * 2.54) | int }}"
 data.transition = 1
 "#,
-    )
-    .unwrap();
+    );
+    let crate::support::Rig { broker, ha, dir, config, .. } = base;
     let mut results = TestClient::connect(
         broker.port,
         "ex_dry_run-results",

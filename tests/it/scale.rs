@@ -6,16 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Broker, FakeHa, Gateway, TestClient, PREFIX, TOKEN};
+use crate::support::{rig, Gateway, Rig, TestClient, PREFIX};
 
 #[tokio::test]
 async fn two_instances_share_the_commands_and_run_each_once() {
-    let Some(broker) = Broker::start("scale") else { return };
-    let ha = FakeHa::start(TOKEN).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let config = crate::support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
+    let Some(Rig { broker, ha, config, dir: _dir, .. }) = rig("scale").await else { return };
     let mut client = TestClient::connect(
         broker.port,
         "scale-client",

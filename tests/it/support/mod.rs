@@ -31,13 +31,17 @@ pub struct Rig {
 
 /// `None` when no broker can run here (the test says SKIPPED).
 pub async fn rig(test: &str) -> Option<Rig> {
-    let broker = Broker::start(test)?;
+    Some(rig_on(Broker::start(test)?).await)
+}
+
+/// The same around a broker the test started its own way (persistent…).
+pub async fn rig_on(broker: Broker) -> Rig {
     let ha = FakeHa::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let config = gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
-    Some(Rig { broker, ha, dir, token_file, config })
+    Rig { broker, ha, dir, token_file, config }
 }
 
 impl Rig {
