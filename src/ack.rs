@@ -139,6 +139,20 @@ impl AckTracker {
         }
     }
 
+    /// The broker has sent every redelivery it will send: on a resumed
+    /// session it resends unacked messages right after CONNACK, before it
+    /// answers our SUBSCRIBE, so the first SUBACK marks the end. Orphans not
+    /// redelivered by then were forgotten by the broker (a restore from an
+    /// older save, an expired session); they ran or still run, but there is
+    /// nothing left to ack. Returns how many were dropped.
+    pub fn redeliveries_over(&mut self) -> usize {
+        let forgotten = self.orphans.len();
+        for (_, seq) in self.orphans.drain() {
+            self.entries.remove(&seq);
+        }
+        forgotten
+    }
+
     /// QoS 1 messages received and not yet acked.
     pub fn pending(&self) -> usize {
         self.entries.len()
@@ -260,6 +274,21 @@ mod tests {
         let Registration::New(b) = t.register(1, 2, false) else { panic!() };
         assert_eq!(t.complete(b), vec![1]);
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn orphans_not_redelivered_before_the_suback_are_forgotten() {
+        let mut t = AckTracker::default();
+        let Registration::New(a) = t.register(1, 1, false) else { panic!() };
+        let Registration::New(b) = t.register(2, 2, false) else { panic!() };
+        t.reconnected(true);
+        assert_eq!(t.register(1, 1, true), Registration::Redelivered { seq: a, done: false });
+        assert_eq!(t.redeliveries_over(), 1, "b was not redelivered");
+        assert_eq!(t.pending(), 1, "a still waits for its outcome");
+        assert!(t.complete(b).is_empty(), "b finishing has nothing to ack");
+        assert_eq!(t.complete(a), vec![1]);
+        assert_eq!(t.pending(), 0);
+        assert!(matches!(t.register(2, 2, true), Registration::New(_)), "a late redelivery runs again: at least once");
     }
 
     #[test]

@@ -227,6 +227,9 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     Ok(Running { metrics_addr, metrics, hup, done })
 }
 
+/// How often an unreachable HA is probed.
+const DOWN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Keeps `/readyz` honest while no commands flow: `GET /api/` now and then,
 /// never while the auth gate is closed (no hammering with a refused token).
 async fn probe_ha(ha: HaClient, every: Duration, health: Arc<Health>, metrics: Metrics, shutdown: CancellationToken) {
@@ -241,9 +244,12 @@ async fn probe_ha(ha: HaClient, every: Duration, health: Arc<Health>, metrics: M
             Err(crate::ha::HaErrorKind::Unauthorized)
         };
         health.observe(&metrics, result);
+        // While HA is down, look every second: commands waiting for it
+        // resume as soon as it answers (see `Health::ha_back`).
+        let next = if Health::get(&health.ha_reachable) { every } else { every.min(DOWN_PROBE_INTERVAL) };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(next) => {}
         }
     }
 }

@@ -266,6 +266,19 @@ impl Ingress {
                     None => tracing::debug!("shutting down: command left for the next session"),
                 },
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let forgotten = {
+                        let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned");
+                        let forgotten = tracker.redeliveries_over();
+                        self.metrics.acks_pending.set(tracker.pending() as i64);
+                        forgotten
+                    };
+                    if forgotten > 0 {
+                        tracing::warn!(
+                            commands = forgotten,
+                            "the broker did not redeliver unacknowledged commands of the last connection \
+                             (restored from an older save?); they ran or still run, nothing is left to ack"
+                        );
+                    }
                     if ack
                         .return_codes
                         .iter()

@@ -252,6 +252,9 @@ pub struct Health {
     pub mqtt_connected: AtomicBool,
     pub ha_reachable: AtomicBool,
     pub ha_token_ok: AtomicBool,
+    /// Woken when HA answers again after being unreachable: commands waiting
+    /// out a connection error go at once instead of at their next backoff.
+    pub ha_back: tokio::sync::Notify,
 }
 
 impl Health {
@@ -265,8 +268,11 @@ impl Health {
             Err(K::Connect | K::Timeout | K::Transport | K::Server) => (false, Self::get(&self.ha_token_ok)),
             Err(K::Rejected | K::RateLimited | K::InvalidResponse) => (true, true),
         };
-        Self::set(&self.ha_reachable, reachable);
+        let was_reachable = self.ha_reachable.swap(reachable, Ordering::Relaxed);
         Self::set(&self.ha_token_ok, token_ok);
+        if reachable && !was_reachable {
+            self.ha_back.notify_waiters();
+        }
         metrics.ha_up.set(i64::from(reachable && token_ok));
     }
 

@@ -93,6 +93,7 @@ impl Executor {
         }
         let idempotent = cmd.action.is_idempotent();
         let mut attempt = 0u32;
+        let mut unreachable = 0u32;
         let mut last: Option<HaError> = None;
         loop {
             if Instant::now() >= cmd.deadline {
@@ -140,18 +141,42 @@ impl Executor {
                     last = Some(error);
                     continue;
                 }
+                // HA never saw the call (restarting, updating, network
+                // down): spend no attempt; wait until it answers again or the
+                // command expires (`queue.max_age`).
+                Retry::Backoff if error.kind == HaErrorKind::Connect => {
+                    unreachable += 1;
+                    self.retry.delay(unreachable - 1)
+                }
                 Retry::Backoff => {
                     attempt += 1;
                     if attempt >= self.max_attempts.get() {
                         return final_failure(error);
                     }
-                    self.retry.delay(attempt - 1).max(error.retry_after.unwrap_or_default())
+                    let delay = self.retry.delay(attempt - 1).max(error.retry_after.unwrap_or_default());
+                    if error.kind == HaErrorKind::RateLimited {
+                        // "Too many requests" is about all calls: hold them all.
+                        tracing::info!(pause_ms = delay.as_millis() as u64, "home assistant asked to slow down");
+                        self.limiter.pause(delay);
+                    }
+                    delay
                 }
             };
             tracing::debug!(action = %cmd.action.name(), attempt, error = %error, "retrying");
             self.metrics.retries.inc();
+            let connect_error = error.kind == HaErrorKind::Connect;
             last = Some(error);
-            match self.wait(Instant::now() + backoff_from, cmd.deadline).await {
+            let back = self.health.ha_back.notified();
+            let wait = self.wait(Instant::now() + backoff_from, cmd.deadline);
+            let waited = if connect_error {
+                tokio::select! {
+                    w = wait => w,
+                    () = back => Wait::Done,
+                }
+            } else {
+                wait.await
+            };
+            match waited {
                 Wait::Done => {}
                 Wait::Deadline => return expired(last),
                 Wait::Shutdown => return shutting_down(),

@@ -42,22 +42,48 @@ impl TokenBucket {
     }
 }
 
-/// A shared limiter; `None` rate = unlimited.
+/// A shared limiter; `None` rate = unlimited. A `429 Too Many Requests`
+/// pauses it for every caller, not only the one that was refused.
 #[derive(Debug)]
 pub struct RateLimiter {
     bucket: Option<Mutex<TokenBucket>>,
+    /// No call starts before this instant (HA or a proxy said "slow down").
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl RateLimiter {
     pub fn new(rate: Option<NonZeroU32>, burst: NonZeroU32) -> Self {
-        Self { bucket: rate.map(|r| Mutex::new(TokenBucket::new(r, burst, Instant::now()))) }
+        Self {
+            bucket: rate.map(|r| Mutex::new(TokenBucket::new(r, burst, Instant::now()))),
+            paused_until: Mutex::new(None),
+        }
     }
 
-    /// How long the caller must wait for its call slot (zero when unlimited).
+    /// How long the caller must wait for its call slot (zero when unlimited
+    /// and not paused).
     pub fn reserve(&self) -> Duration {
-        match &self.bucket {
+        self.reserve_at(Instant::now())
+    }
+
+    fn reserve_at(&self, now: Instant) -> Duration {
+        let paused = self
+            .paused_until
+            .lock()
+            .expect("no panics under the pause lock")
+            .map(|until| until.saturating_duration_since(now));
+        let slot = match &self.bucket {
             None => Duration::ZERO,
-            Some(b) => b.lock().expect("bucket lock is never poisoned: no panics under it").reserve(Instant::now()),
+            Some(b) => b.lock().expect("bucket lock is never poisoned: no panics under it").reserve(now),
+        };
+        slot.max(paused.unwrap_or_default())
+    }
+
+    /// Starts no call for `pause` from now (a longer pause already set stays).
+    pub fn pause(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        let mut current = self.paused_until.lock().expect("no panics under the pause lock");
+        if current.is_none_or(|c| c < until) {
+            *current = Some(until);
         }
     }
 }
@@ -99,6 +125,19 @@ mod tests {
     fn unlimited_never_waits() {
         let l = RateLimiter::new(None, nz(1));
         assert!((0..1000).all(|_| l.reserve().is_zero()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_caller_and_ends() {
+        let l = RateLimiter::new(None, nz(1));
+        l.pause(Duration::from_secs(2));
+        l.pause(Duration::from_secs(1));
+        assert_eq!(l.reserve(), Duration::from_secs(2), "the longer pause stays");
+        assert_eq!(l.reserve(), Duration::from_secs(2), "for every caller");
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(l.reserve(), Duration::from_millis(500));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(l.reserve().is_zero(), "over");
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,7 +35,12 @@ async fn assert_balanced(gateway: &Gateway) {
         if received == finished && gateway.metric("acks_pending") == 0.0 {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "unbalanced: {received} received, {finished} finished");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unbalanced: {received} received, {finished} finished, {} acks pending, {} duplicates",
+            gateway.metric("acks_pending"),
+            gateway.metric("duplicates_total")
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -185,23 +190,30 @@ async fn a_blackholed_broker_link_is_detected_by_keep_alive_and_nothing_is_lost(
 }
 
 #[tokio::test]
-async fn a_burst_of_20k_commands_is_all_delivered_with_bounded_memory() {
+async fn a_burst_of_100k_commands_is_all_delivered_while_the_broker_holds_the_backlog() {
     let Some(rig) = rig("chaos_burst").await else { return };
     let config = rig.config_for(rig.broker.port, &rig.ha.url());
     let capacity = 2_000.0;
     let gateway =
         Gateway::start(&config, &[("QUEUE__CAPACITY", "2000"), ("QUEUE__CONCURRENCY", "16"), ("LOG__LEVEL", "warn")])
             .await;
-    let mut client = TestClient::connect(rig.broker.port, "chaos-burst", &[&format!("{PREFIX}/status")]).await;
+    let stored = "$SYS/broker/store/messages/count";
+    let mut client = TestClient::connect(rig.broker.port, "chaos-burst", &[&format!("{PREFIX}/status"), stored]).await;
     client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
-    const N: u64 = 20_000;
+    const N: u64 = 100_000;
+    let sender = TestClient::connect(rig.broker.port, "chaos-burst-sender", &[]).await;
     let sender = tokio::spawn(async move {
-        publish_all(&client, N).await;
-        client
+        publish_all(&sender, N).await;
+        sender
     });
-    // While it flows: the queue never holds more than its capacity; the
-    // broker holds the rest of the backlog.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    // The broker, not the gateway, holds the backlog: it reports (every
+    // second) far more messages stored than the gateway's queue can take.
+    let backlog = |m: &crate::support::client::Message| {
+        std::str::from_utf8(&m.payload).ok().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 2.0 * capacity)
+    };
+    client.expect(stored, Duration::from_secs(120), backlog).await;
+    // While it drains: the queue never holds more than its capacity.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     let mut max_depth = 0.0f64;
     while gateway.metric(r#"commands_total{outcome="done",reason=""}"#) < N as f64 {
         max_depth = max_depth.max(gateway.metric("queue_depth"));
@@ -212,7 +224,7 @@ async fn a_burst_of_20k_commands_is_all_delivered_with_bounded_memory() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _client = sender.await.unwrap();
+    let _sender = sender.await.unwrap();
     assert!(max_depth <= capacity, "queue held {max_depth} > {capacity}");
     assert_eq!(distinct(&rig.ha), N as usize, "all delivered");
     assert_balanced(&gateway).await;
@@ -228,7 +240,8 @@ async fn a_broker_restart_mid_stream_loses_no_command() {
     let Some(broker) = crate::support::Broker::start_persistent("chaos_broker_restart") else { return };
     let crate::support::Rig { mut broker, ha, config, dir: _dir, .. } = crate::support::rig_on(broker).await;
     ha.set_delay(Duration::from_millis(20));
-    let gateway = Gateway::start(&config, &[("QUEUE__CONCURRENCY", "1")]).await;
+    // A small queue: the broker, not the gateway, holds most of the backlog.
+    let gateway = Gateway::start(&config, &[("QUEUE__CONCURRENCY", "1"), ("QUEUE__CAPACITY", "10")]).await;
     gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
     {
         let client = TestClient::connect(broker.port, "chaos-broker-restart", &[]).await;
@@ -241,5 +254,118 @@ async fn a_broker_restart_mid_stream_loses_no_command() {
     gateway.wait_metric("mqtt_reconnects_total", T, |v| v >= 1.0).await;
     ha.wait_calls(T, "every command after the restart", |_| distinct(&ha) == 100).await;
     assert_balanced(&gateway).await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_killed_mid_stream_loses_nothing_the_gateway_holds_and_the_stream_resumes() {
+    let Some(rig) = rig("chaos_broker_kill").await else { return };
+    let crate::support::Rig { mut broker, ha, config, dir: _dir, .. } = rig;
+    ha.set_delay(Duration::from_millis(20));
+    let gateway = Gateway::start(&config, &[("QUEUE__CONCURRENCY", "1")]).await;
+    gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
+    let client = TestClient::connect(broker.port, "chaos-broker-kill", &[]).await;
+    publish_all(&client, 100).await;
+    let deadline = tokio::time::Instant::now() + T;
+    while total(&gateway, "messages_received_total") < 100.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway never received the hundred");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ha.wait_calls(T, "a few", |c| c.len() >= 5).await;
+    // kill -9, no persistence: the broker forgets the session and every
+    // unacknowledged message. What the gateway already holds must still run.
+    broker.restart();
+    gateway.wait_metric("mqtt_reconnects_total", T, |v| v >= 1.0).await;
+    ha.wait_calls(T, "every command the gateway held", |_| distinct(&ha) == 100).await;
+    // The new session is subscribed again: the stream resumes.
+    let client = TestClient::connect(broker.port, "chaos-broker-kill-2", &[]).await;
+    for i in 100..150u64 {
+        let body = json!({"entity_id": format!("light.l{}", i % 13), "n": i}).to_string();
+        client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
+    }
+    ha.wait_calls(T, "the commands after the restart", |_| distinct(&ha) == 150).await;
+    // Acks owed to the dead session are dropped, not left pending forever.
+    assert_balanced(&gateway).await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn home_assistant_down_for_30s_loses_nothing_and_spends_no_attempts() {
+    let Some(rig) = rig("chaos_ha_down").await else { return };
+    // One attempt only: connection errors must not spend it.
+    let gateway = Gateway::start(&rig.config, &[("HOME_ASSISTANT__MAX_ATTEMPTS", "1")]).await;
+    let mut client = TestClient::connect(rig.broker.port, "chaos-ha-down", &[&format!("{PREFIX}/status")]).await;
+    client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    gateway.wait_metric("ha_up", T, |v| v == 1.0).await;
+    rig.ha.stop();
+    let outage = tokio::time::Instant::now();
+    // Commands keep coming while HA restarts: at the start and half-way.
+    publish_all(&client, 20).await;
+    gateway.wait_metric(r#"ha_calls_total{class="connect"}"#, T, |v| v >= 1.0).await;
+    gateway.wait_metric("ha_up", T, |v| v == 0.0).await;
+    // The outage lasts 30 s of wall time: that is the fault, not a wait
+    // for a condition.
+    tokio::time::sleep_until(outage + Duration::from_secs(15)).await;
+    for i in 20..40u64 {
+        let body = json!({"entity_id": format!("light.l{}", i % 13), "n": i}).to_string();
+        client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
+    }
+    tokio::time::sleep_until(outage + Duration::from_secs(30)).await;
+    assert!(rig.ha.calls().is_empty(), "HA was down");
+    rig.ha.restart().await;
+    rig.ha.wait_calls(T, "all forty after HA is back", |_| distinct(&rig.ha) == 40).await;
+    assert_balanced(&gateway).await;
+    assert_eq!(gateway.metric(r#"commands_total{outcome="done",reason=""}"#), 40.0);
+    assert_eq!(gateway.metric("dead_letters_total"), 0.0);
+    gateway.wait_metric("ha_up", T, |v| v == 1.0).await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_answering_429_pauses_all_calls_for_retry_after_and_nothing_is_lost() {
+    let Some(rig) = rig("chaos_429").await else { return };
+    let proxy = FaultProxy::start(rig.ha.addr).await;
+    let config = rig.config_for(rig.broker.port, &format!("http://{}", proxy.addr));
+    let gateway = Gateway::start(&config, &[("HOME_ASSISTANT__MAX_ATTEMPTS", "10")]).await;
+    let mut client = TestClient::connect(rig.broker.port, "chaos-429", &[&format!("{PREFIX}/status")]).await;
+    client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    proxy.set(Mode::TooManyRequests(2));
+    publish_all(&client, 30).await;
+    gateway.wait_metric(r#"ha_calls_total{class="429"}"#, T, |v| v >= 1.0).await;
+    let refused_at = tokio::time::Instant::now();
+    // The proxy lets everything through from now on, yet within the 2 s of
+    // Retry-After no call goes out: the whole gateway paused, not only the
+    // refused command.
+    proxy.set(Mode::Pass);
+    rig.ha.wait_calls(T, "all thirty", |_| distinct(&rig.ha) == 30).await;
+    let first_through = rig.ha.calls().iter().map(|c| c.at).min().unwrap();
+    assert!(
+        first_through >= refused_at + Duration::from_millis(1500),
+        "a call reached HA {:?} after the 429",
+        first_through.saturating_duration_since(refused_at)
+    );
+    let refused = proxy.refused();
+    assert!(refused <= 8, "{refused} refused: only the calls already in flight (queue.concurrency) met the 429");
+    assert_balanced(&gateway).await;
+    assert_eq!(gateway.metric(r#"commands_total{outcome="done",reason=""}"#), 30.0);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn slow_links_to_the_broker_and_to_home_assistant_lose_nothing() {
+    let Some(rig) = rig("chaos_bandwidth").await else { return };
+    let to_broker = FaultProxy::start(format!("127.0.0.1:{}", rig.broker.port).parse().unwrap()).await;
+    let to_ha = FaultProxy::start(rig.ha.addr).await;
+    let config = rig.config_for(to_broker.addr.port(), &format!("http://{}", to_ha.addr));
+    let gateway = Gateway::start(&config, &[]).await;
+    let mut client = TestClient::connect(rig.broker.port, "chaos-bandwidth", &[&format!("{PREFIX}/status")]).await;
+    client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    // A poor Wi-Fi link: 4 KiB/s each way, to both peers.
+    to_broker.set(Mode::Bandwidth(4096));
+    to_ha.set(Mode::Bandwidth(4096));
+    publish_all(&client, 40).await;
+    rig.ha.wait_calls(Duration::from_secs(60), "all forty", |_| distinct(&rig.ha) == 40).await;
+    assert_balanced(&gateway).await;
+    assert_eq!(to_broker.connections(), 1, "a slow link is not a broken one: no reconnect");
     gateway.stop().await;
 }

@@ -60,6 +60,43 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn a_429_holds_every_call_not_only_the_refused_one() {
+    let Some(mut env) = setup("retry_after_all", &[]).await else {
+        return;
+    };
+    env.wait_online().await;
+    env.ha.script([Reply { retry_after: Some(1), ..Reply::status(429) }]);
+    env.client.publish(&format!("{PREFIX}/call/light/turn_on"), r#"{"entity_id":"light.a"}"#).await;
+    env.gateway.wait_metric(r#"ha_calls_total{class="429"}"#, Duration::from_secs(10), |v| v == 1.0).await;
+    // Another entity, not waiting on light.a's order, still waits for the pause.
+    let r = env.client.call("light.turn_on", r#"{"entity_id":"light.b"}"#).await;
+    assert_eq!(r["ok"], true);
+    let calls = env.ha.wait_calls(Duration::from_secs(10), "both calls done", |c| c.len() == 3).await;
+    let b = calls.iter().find(|c| c.body["entity_id"] == "light.b").unwrap();
+    assert!(b.at - calls[0].at >= Duration::from_millis(990), "light.b went {:?} after the 429", b.at - calls[0].at);
+    env.gateway.stop().await;
+}
+
+#[tokio::test]
+async fn while_ha_is_unreachable_commands_wait_until_they_expire_without_spending_attempts() {
+    let Some(mut env) = setup("unreachable", &[("HOME_ASSISTANT__MAX_ATTEMPTS", "1"), ("QUEUE__MAX_AGE", "2s")]).await
+    else {
+        return;
+    };
+    env.wait_online().await;
+    env.ha.stop();
+    let r = env.client.call("switch.turn_on", r#"{"entity_id":"switch.a","correlation":"u"}"#).await;
+    assert_eq!(r["error"], "expired", "waited for HA until queue.max_age, not given up after one attempt: {r}");
+    let dead = env.client.expect(&format!("{PREFIX}/dead_letter"), Duration::from_secs(10), |_| true).await;
+    let dead = dead.json();
+    assert_eq!(dead["reason"], "expired");
+    assert!(dead["attempts"].as_u64().unwrap() >= 2, "HA was probed again while it was down: {dead}");
+    assert!(env.gateway.metric(r#"ha_calls_total{class="connect"}"#) >= 2.0);
+    assert_eq!(env.gateway.metric("ha_up"), 0.0);
+    env.gateway.stop().await;
+}
+
+#[tokio::test]
 async fn bad_requests_are_final() {
     let Some(mut env) = setup("bad_request", &[]).await else {
         return;

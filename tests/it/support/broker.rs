@@ -52,8 +52,18 @@ impl Broker {
     pub fn start_persistent(test: &str) -> Option<Broker> {
         let mut broker = Self::start(test)?;
         broker.persistent = true;
+        let dir = broker.persist_dir();
+        std::fs::create_dir(&dir).expect("create the persistence dir");
+        // Started as root, mosquitto drops to its own user, which must be
+        // able to write here.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("open the persistence dir");
         broker.restart();
         Some(broker)
+    }
+
+    fn persist_dir(&self) -> PathBuf {
+        self.dir.path().join("persist")
     }
 
     /// Stops the broker gracefully (SIGTERM: a persistent one saves its
@@ -72,10 +82,10 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{}\nmax_queued_messages 200000\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
+                "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{}\nmax_queued_messages 200000\nsys_interval 1\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
                 self.port,
                 if self.persistent {
-                    format!("persistence true\npersistence_location {}/", self.dir.path().display())
+                    format!("persistence true\npersistence_location {}/", self.persist_dir().display())
                 } else {
                     "persistence false".to_owned()
                 },
@@ -100,8 +110,9 @@ impl Broker {
 }
 
 impl Broker {
-    /// Kills the broker (SIGKILL: sessions and retained messages are lost,
-    /// persistence is off) and starts a new one on the same port.
+    /// Kills the broker (SIGKILL) and starts a new one on the same port.
+    /// Without persistence, sessions and retained messages are lost; with
+    /// it, the broker comes back with what it saved last.
     pub fn restart(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
