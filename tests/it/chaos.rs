@@ -190,7 +190,7 @@ async fn a_blackholed_broker_link_is_detected_by_keep_alive_and_nothing_is_lost(
 }
 
 #[tokio::test]
-async fn a_burst_of_100k_commands_is_all_delivered_while_the_broker_holds_the_backlog() {
+async fn a_burst_of_100k_commands_is_all_delivered_and_the_queue_stays_within_capacity() {
     let Some(rig) = rig("chaos_burst").await else { return };
     let config = rig.config_for(rig.broker.port, &rig.ha.url());
     let capacity = 2_000.0;
@@ -206,17 +206,18 @@ async fn a_burst_of_100k_commands_is_all_delivered_while_the_broker_holds_the_ba
         publish_all(&sender, N).await;
         sender
     });
-    // The broker, not the gateway, holds the backlog: it reports (every
-    // second) far more messages stored than the gateway's queue can take.
+    // The broker holds the backlog: it reports (every second) far more
+    // messages stored than the gateway's queue can take.
     let backlog = |m: &crate::support::client::Message| {
         std::str::from_utf8(&m.payload).ok().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 2.0 * capacity)
     };
     client.expect(stored, Duration::from_secs(120), backlog).await;
     // While it drains: the queue never holds more than its capacity.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    let mut max_depth = 0.0f64;
+    let (mut max_depth, mut max_overflow) = (0.0f64, 0.0f64);
     while gateway.metric(r#"commands_total{outcome="done",reason=""}"#) < N as f64 {
         max_depth = max_depth.max(gateway.metric("queue_depth"));
+        max_overflow = max_overflow.max(gateway.metric("queue_overflow"));
         assert!(
             tokio::time::Instant::now() < deadline,
             "only {} of {N} done",
@@ -228,10 +229,10 @@ async fn a_burst_of_100k_commands_is_all_delivered_while_the_broker_holds_the_ba
     assert!(max_depth <= capacity, "queue held {max_depth} > {capacity}");
     assert_eq!(distinct(&rig.ha), N as usize, "all delivered");
     assert_balanced(&gateway).await;
-    eprintln!(
-        "burst: {N} commands, queue depth peaked at {max_depth}, overflow parked at most {}",
-        gateway.metric("queue_overflow")
-    );
+    // Mosquitto 2.0.11 sends more than our Receive Maximum after each ack
+    // (eclipse-mosquitto/mosquitto#2301): the excess is parked, in order,
+    // outside the queue. Reported, not asserted: it depends on the broker.
+    eprintln!("burst: {N} commands, queue depth peaked at {max_depth}, overflow parked at most {max_overflow}");
     gateway.stop().await;
 }
 
