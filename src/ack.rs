@@ -76,6 +76,16 @@ impl AckTracker {
         Registration::New(seq)
     }
 
+    /// Drops `seq` (the message just registered) without ever acking it:
+    /// the broker keeps it and redelivers it after the next connection,
+    /// where it is a new command again.
+    pub fn forget(&mut self, seq: u64) {
+        self.entries.remove(&seq);
+        if self.order.back() == Some(&seq) {
+            self.order.pop_back();
+        }
+    }
+
     /// The message `seq` ends only after `parts` final outcomes (at least 1).
     pub fn set_parts(&mut self, seq: u64, parts: usize) {
         if let Some(entry) = self.entries.get_mut(&seq) {
@@ -176,6 +186,10 @@ pub enum AckMsg {
     /// Acks may have become ready without a completion (a redelivery of a
     /// finished command).
     Flush,
+    /// Once every command of this connection is acked, disconnect (queued
+    /// behind those acks, so none is lost) to have the broker redeliver the
+    /// commands left to it; see `ingress::Overflow`.
+    Reconnect,
 }
 
 /// The task that turns completions into PUBACKs, in order.
@@ -189,21 +203,32 @@ pub struct Acker {
 impl Acker {
     /// Runs until every sender of `rx` is gone.
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
+        let mut reconnect = false;
         while let Some(msg) = rx.recv().await {
-            let ready = {
+            let (ready, all_acked) = {
                 let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned: no panics under it");
                 let ready = match msg {
                     AckMsg::Complete(seq) => tracker.complete(seq),
                     AckMsg::Flush => tracker.flush(),
+                    AckMsg::Reconnect => {
+                        reconnect = true;
+                        tracker.flush()
+                    }
                 };
                 self.pending.set(tracker.pending() as i64);
-                ready
+                (ready, tracker.pending() == 0)
             };
             for pkid in ready {
                 let mut ack = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
                 ack.pkid = pkid;
                 if let Err(e) = self.client.ack(&ack).await {
                     tracing::warn!(pkid, error = %e, "could not queue ack; the broker will redeliver");
+                }
+            }
+            if reconnect && all_acked {
+                reconnect = false;
+                if let Err(e) = self.client.disconnect().await {
+                    tracing::warn!(error = %e, "could not queue the disconnect");
                 }
             }
         }

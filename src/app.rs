@@ -167,7 +167,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         metrics: metrics.clone(),
         health: Arc::clone(&health),
         slots: Arc::clone(&slots),
-        overflow: Default::default(),
+        overflow: ingress::Overflow::new(capacity),
         state_filter: config.state.filter.clone(),
         connections: connections_tx,
         max_age: config.queue.max_age,

@@ -110,6 +110,55 @@ fn tls_transport(config: &MqttConfig) -> Result<Transport, MqttSetupError> {
     })
 }
 
+/// QoS 1 commands the broker sent beyond our Receive Maximum.
+///
+/// A broker that keeps to Receive Maximum never sends more than the queue
+/// holds. Mosquitto 2.0.x does (eclipse-mosquitto/mosquitto#2301): after each
+/// ack it sends a whole new window, and in a burst its entire backlog. Up to
+/// `limit` such commands are parked, in order, until the queue has room.
+/// Beyond that they are *shed*: left unacknowledged, so the broker keeps
+/// them, and once the parked ones are queued the gateway reconnects and the
+/// broker redelivers them. Memory stays bounded; nothing is lost or reordered.
+#[derive(Debug, Default)]
+pub struct Overflow {
+    pub parked: VecDeque<Parked>,
+    /// Parked commands at most (`queue.capacity`).
+    pub limit: usize,
+    /// Commands are being shed until the next connection.
+    pub shedding: bool,
+    /// Commands shed since the last connection.
+    pub shed: u64,
+    /// Our DISCONNECT (to fetch the shed commands) is on its way.
+    pub disconnecting: bool,
+}
+
+impl Overflow {
+    pub fn new(limit: usize) -> Self {
+        Self { limit: limit.max(1), ..Self::default() }
+    }
+
+    /// Whether the next QoS 1 command must be shed. Once one is, all that
+    /// follow are, so the broker redelivers them in their order.
+    fn must_shed(&mut self, queue_full: bool) -> bool {
+        if !self.shedding && queue_full && self.parked.len() >= self.limit {
+            self.shedding = true;
+        }
+        self.shedding
+    }
+
+    /// Shedding, and every command before the shed ones is in the queue:
+    /// time to have the broker redeliver.
+    fn caught_up(&self) -> bool {
+        self.shedding && !self.disconnecting && self.parked.is_empty()
+    }
+
+    fn reconnected(&mut self) {
+        self.shedding = false;
+        self.disconnecting = false;
+        self.shed = 0;
+    }
+}
+
 /// `queue.dedupe_window`: the correlations of recent commands, per topic.
 #[derive(Debug)]
 pub struct Dedupe {
@@ -177,6 +226,7 @@ pub struct Rules {
 }
 
 /// A registered message not yet admitted.
+#[derive(Debug)]
 pub struct Parked {
     publish: Publish,
     seq: u64,
@@ -210,7 +260,7 @@ pub struct Ingress {
     /// Queue slots; shared with the publisher.
     pub slots: Arc<Slots>,
     /// QoS 1 commands received beyond the queue's capacity, in order.
-    pub overflow: VecDeque<Parked>,
+    pub overflow: Overflow,
     /// `[state] exclude` also refuses gets.
     pub state_filter: StateFilter,
     /// Counts broker connections, so the mirror can republish after one.
@@ -243,9 +293,10 @@ impl Ingress {
                     self.rules_changed();
                     continue;
                 }
-                _ = self.slots.freed(), if !self.overflow.is_empty() && outputs.is_some() => {
+                _ = self.slots.freed(), if !self.overflow.parked.is_empty() && outputs.is_some() => {
                     if let Some(out) = &outputs {
                         self.drain_overflow(out);
+                        self.fetch_shed(out);
                     }
                     continue;
                 }
@@ -262,7 +313,10 @@ impl Ingress {
                     connected_once = true;
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => match &outputs {
-                    Some(out) => self.on_publish(publish, out),
+                    Some(out) => {
+                        self.on_publish(publish, out);
+                        self.fetch_shed(out);
+                    }
                     None => tracing::debug!("shutting down: command left for the next session"),
                 },
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -303,6 +357,14 @@ impl Ingress {
                     }
                 }
                 Ok(_) => {}
+                // Our own DISCONNECT (to get the shed commands back) went out;
+                // the broker closed the connection after reading it and every
+                // ack before it. (Dropping the socket ourselves could reset it
+                // and lose those acks.) Connect again at once.
+                Err(_) if self.overflow.disconnecting && outputs.is_some() => {
+                    self.set_connected(false);
+                    tracing::debug!("reconnecting for the commands left to the broker");
+                }
                 Err(e) => {
                     self.set_connected(false);
                     if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
@@ -342,6 +404,8 @@ impl Ingress {
             "connected to the mqtt broker"
         );
         self.tracker.lock().expect("ack tracker lock is never poisoned").reconnected(session_present);
+        // A kept session redelivers the shed commands; a new one forgot them.
+        self.overflow.reconnected();
         self.subscribe_all();
         if let Err(e) = self.client.try_publish(self.config.status_topic.clone(), QoS::AtLeastOnce, true, "online") {
             tracing::warn!(error = %e, "could not publish online status");
@@ -372,17 +436,46 @@ impl Ingress {
         };
         let incoming = Parked { publish, seq, received_at };
         let qos1 = incoming.publish.qos != QoS::AtMostOnce;
-        if qos1 && self.needs_slot(&incoming.publish) && (!self.overflow.is_empty() || self.slots.is_full()) {
-            // The broker sent more than our Receive Maximum: hold the message
-            // unparsed, in order, until a slot frees.
-            if self.overflow.is_empty() {
-                tracing::warn!("the broker exceeds the receive maximum; holding commands until the queue has room");
+        if qos1 && self.needs_slot(&incoming.publish) {
+            if self.overflow.must_shed(self.slots.is_full()) {
+                // Left unacked for the broker to redeliver after the next
+                // connection, like every command after it (order holds).
+                self.tracker.lock().expect("ack tracker lock is never poisoned").forget(incoming.seq);
+                self.metrics.shed.inc();
+                if self.overflow.shed == 0 {
+                    tracing::warn!(
+                        parked = self.overflow.parked.len(),
+                        "the broker keeps sending beyond the receive maximum; leaving further commands \
+                         to it until the queue has room"
+                    );
+                }
+                self.overflow.shed += 1;
+                return;
             }
-            self.overflow.push_back(incoming);
-            self.metrics.overflow.set(self.overflow.len() as i64);
-            return;
+            if !self.overflow.parked.is_empty() || self.slots.is_full() {
+                // The broker sent more than our Receive Maximum: hold the
+                // message unparsed, in order, until a slot frees.
+                if self.overflow.parked.is_empty() {
+                    tracing::warn!("the broker exceeds the receive maximum; holding commands until the queue has room");
+                }
+                self.overflow.parked.push_back(incoming);
+                self.metrics.overflow.set(self.overflow.parked.len() as i64);
+                return;
+            }
         }
         self.admit(incoming, out);
+    }
+
+    /// Once every command before the shed ones is queued, a new connection
+    /// makes the broker redeliver them. The acker disconnects when all of
+    /// them are acked, so no ack is lost and nothing runs twice.
+    fn fetch_shed(&mut self, out: &Outputs) {
+        if !self.overflow.caught_up() {
+            return;
+        }
+        tracing::info!(shed = self.overflow.shed, "reconnecting for the commands left to the broker");
+        self.overflow.disconnecting = true;
+        let _ = out.acks.send(AckMsg::Reconnect);
     }
 
     /// Whether a message would take a queue slot if admitted: commands and
@@ -454,12 +547,12 @@ impl Ingress {
     /// Admits parked commands while slots are free.
     fn drain_overflow(&mut self, out: &Outputs) {
         while !self.slots.is_full() {
-            let Some(parked) = self.overflow.pop_front() else {
+            let Some(parked) = self.overflow.parked.pop_front() else {
                 break;
             };
             self.admit(parked, out);
         }
-        self.metrics.overflow.set(self.overflow.len() as i64);
+        self.metrics.overflow.set(self.overflow.parked.len() as i64);
     }
 
     /// Parses, checks and queues one command, or reports why not.

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub acks_pending: IntGauge,
     /// QoS 1 commands the broker sent beyond our Receive Maximum, held unparsed.
     pub overflow: IntGauge,
+    pub shed: IntCounter,
     pub mqtt_connected: IntGauge,
     pub mqtt_reconnects: IntCounter,
     /// Times another client took over our session (same client_id).
@@ -123,6 +124,11 @@ impl Metrics {
             queue_capacity: gauge(&r, "queue_capacity", "Commands held at most"),
             acks_pending: gauge(&r, "acks_pending", "QoS 1 commands received and not yet acknowledged"),
             overflow: gauge(&r, "queue_overflow", "QoS 1 commands received beyond queue capacity, waiting for a slot"),
+            shed: counter(
+                &r,
+                "commands_shed_total",
+                "QoS 1 commands left unacked for the broker to redeliver: it sent far beyond the Receive Maximum",
+            ),
             mqtt_connected: gauge(&r, "mqtt_connected", "1 while connected to the broker"),
             mqtt_taken_over: counter(
                 &r,

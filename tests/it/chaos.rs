@@ -227,12 +227,19 @@ async fn a_burst_of_100k_commands_is_all_delivered_and_the_queue_stays_within_ca
     }
     let _sender = sender.await.unwrap();
     assert!(max_depth <= capacity, "queue held {max_depth} > {capacity}");
-    assert_eq!(distinct(&rig.ha), N as usize, "all delivered");
+    rig.ha.wait_calls(T, "all delivered", |_| distinct(&rig.ha) == N as usize).await;
+    assert_eq!(rig.ha.calls().len(), N as usize, "none twice");
     assert_balanced(&gateway).await;
     // Mosquitto 2.0.11 sends more than our Receive Maximum after each ack
-    // (eclipse-mosquitto/mosquitto#2301): the excess is parked, in order,
-    // outside the queue. Reported, not asserted: it depends on the broker.
-    eprintln!("burst: {N} commands, queue depth peaked at {max_depth}, overflow parked at most {max_overflow}");
+    // (eclipse-mosquitto/mosquitto#2301): at most `capacity` of the excess
+    // is parked; the rest is left to the broker and fetched by reconnecting.
+    assert!(max_overflow <= capacity, "{max_overflow} parked beyond the queue");
+    eprintln!(
+        "burst: {N} commands, queue depth peaked at {max_depth}, overflow parked at most {max_overflow}, \
+         {} left to the broker and fetched in {} reconnections",
+        gateway.metric("commands_shed_total"),
+        gateway.metric("mqtt_reconnects_total")
+    );
     gateway.stop().await;
 }
 
@@ -368,5 +375,29 @@ async fn slow_links_to_the_broker_and_to_home_assistant_lose_nothing() {
     rig.ha.wait_calls(Duration::from_secs(60), "all forty", |_| distinct(&rig.ha) == 40).await;
     assert_balanced(&gateway).await;
     assert_eq!(to_broker.connections(), 1, "a slow link is not a broken one: no reconnect");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_ignoring_receive_maximum_gets_its_surplus_back_in_order_and_nothing_runs_twice() {
+    let Some(rig) = rig("chaos_shed").await else { return };
+    rig.ha.set_delay(Duration::from_millis(2));
+    let gateway = Gateway::start(&rig.config, &[("QUEUE__CAPACITY", "5"), ("QUEUE__CONCURRENCY", "1")]).await;
+    gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
+    let client = TestClient::connect(rig.broker.port, "chaos-shed", &[]).await;
+    // One entity: every command must run in the order it was published.
+    const N: u64 = 300;
+    for n in 0..N {
+        let body = json!({"entity_id": "light.one", "n": n}).to_string();
+        client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
+    }
+    let calls = rig.ha.wait_calls(Duration::from_secs(60), "all of them", |c| c.len() >= N as usize).await;
+    let order: Vec<u64> = calls.iter().filter_map(|c| c.body["n"].as_u64()).collect();
+    assert_eq!(order, (0..N).collect::<Vec<_>>(), "each once, in order");
+    // Mosquitto 2.0.x overshoots, so the surplus went back at least once; a
+    // broker that keeps to Receive Maximum gives nothing to shed.
+    eprintln!("shed {} commands", gateway.metric("commands_shed_total"));
+    assert!(gateway.metric("queue_overflow") <= 5.0);
+    assert_balanced(&gateway).await;
     gateway.stop().await;
 }
