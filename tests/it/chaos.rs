@@ -46,7 +46,12 @@ async fn assert_balanced(gateway: &Gateway) {
 }
 
 async fn publish_all(client: &TestClient, n: u64) {
-    for i in 0..n {
+    publish_range(client, 0..n).await;
+}
+
+/// Commands numbered `n` in `range`, over 13 lights.
+async fn publish_range(client: &TestClient, range: std::ops::Range<u64>) {
+    for i in range {
         let body = json!({"entity_id": format!("light.l{}", i % 13), "n": i}).to_string();
         client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
     }
@@ -287,10 +292,7 @@ async fn a_broker_killed_mid_stream_loses_nothing_the_gateway_holds_and_the_stre
     ha.wait_calls(T, "every command the gateway held", |_| distinct(&ha) == 100).await;
     // The new session is subscribed again: the stream resumes.
     let client = TestClient::connect(broker.port, "chaos-broker-kill-2", &[]).await;
-    for i in 100..150u64 {
-        let body = json!({"entity_id": format!("light.l{}", i % 13), "n": i}).to_string();
-        client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
-    }
+    publish_range(&client, 100..150).await;
     ha.wait_calls(T, "the commands after the restart", |_| distinct(&ha) == 150).await;
     // Acks owed to the dead session are dropped, not left pending forever.
     assert_balanced(&gateway).await;
@@ -314,10 +316,7 @@ async fn home_assistant_down_for_30s_loses_nothing_and_spends_no_attempts() {
     // The outage lasts 30 s of wall time: that is the fault, not a wait
     // for a condition.
     tokio::time::sleep_until(outage + Duration::from_secs(15)).await;
-    for i in 20..40u64 {
-        let body = json!({"entity_id": format!("light.l{}", i % 13), "n": i}).to_string();
-        client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
-    }
+    publish_range(&client, 20..40).await;
     tokio::time::sleep_until(outage + Duration::from_secs(30)).await;
     assert!(rig.ha.calls().is_empty(), "HA was down");
     rig.ha.restart().await;
