@@ -260,6 +260,7 @@ async fn a_broker_restart_mid_stream_loses_no_command() {
         let client = TestClient::connect(broker.port, "chaos-broker-restart", &[]).await;
         publish_all(&client, 100).await;
         // Every publish was accepted (PUBACK) before the restart.
+        client.wait_accepted(100, T).await;
         client.client.disconnect().await.unwrap();
     }
     ha.wait_calls(T, "a quarter", |c| c.len() >= 25).await;
@@ -295,6 +296,34 @@ async fn a_broker_killed_mid_stream_loses_nothing_the_gateway_holds_and_the_stre
     publish_range(&client, 100..150).await;
     ha.wait_calls(T, "the commands after the restart", |_| distinct(&ha) == 150).await;
     // Acks owed to the dead session are dropped, not left pending forever.
+    assert_balanced(&gateway).await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_persistent_broker_killed_mid_stream_comes_back_with_its_saved_backlog() {
+    let Some(broker) = crate::support::Broker::start_persistent("chaos_broker_kill_saved") else { return };
+    let crate::support::Rig { mut broker, ha, config, dir: _dir, .. } = crate::support::rig_on(broker).await;
+    ha.set_delay(Duration::from_millis(10));
+    // A small queue: the broker, not the gateway, holds most of the backlog.
+    let gateway = Gateway::start(&config, &[("QUEUE__CONCURRENCY", "1"), ("QUEUE__CAPACITY", "10")]).await;
+    gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
+    const N: u64 = 400;
+    {
+        let client = TestClient::connect(broker.port, "chaos-broker-kill-saved", &[]).await;
+        publish_all(&client, N).await;
+        client.wait_accepted(N as usize, T).await;
+        client.client.disconnect().await.unwrap();
+    }
+    // kill -9 loses what the broker had not saved: with autosave, up to
+    // `autosave_interval`. Here the accepted commands are on disk first.
+    broker.save();
+    ha.wait_calls(T, "a few", |c| c.len() >= 25).await;
+    broker.restart();
+    gateway.wait_metric("mqtt_reconnects_total", T, |v| v >= 1.0).await;
+    // Acks the broker had not saved come back as redeliveries: at least
+    // once, never lost.
+    ha.wait_calls(Duration::from_secs(60), "every command after the kill", |_| distinct(&ha) == N as usize).await;
     assert_balanced(&gateway).await;
     gateway.stop().await;
 }

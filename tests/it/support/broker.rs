@@ -55,15 +55,45 @@ impl Broker {
         let dir = broker.persist_dir();
         std::fs::create_dir(&dir).expect("create the persistence dir");
         // Started as root, mosquitto drops to its own user, which must be
-        // able to write here.
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .expect("open the persistence dir");
+        // able to reach and write here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(broker.dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("open the broker's dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("open the persistence dir");
         broker.restart();
         Some(broker)
     }
 
     fn persist_dir(&self) -> PathBuf {
         self.dir.path().join("persist")
+    }
+
+    /// Identity of the saved database: mosquitto writes `mosquitto.db.new`
+    /// beside the old file and renames it, so every save has a new inode.
+    fn saved_inode(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.persist_dir().join("mosquitto.db")).ok().map(|m| m.ino())
+    }
+
+    /// Makes a persistent broker save now (SIGUSR1) and waits until it has:
+    /// everything it acknowledged before this call is then on disk.
+    pub fn save(&self) {
+        assert!(self.persistent, "only a persistent broker saves");
+        // A save in progress may have started before the last
+        // acknowledgement: let it finish, so the change we wait for is ours.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.persist_dir().join("mosquitto.db.new").exists() {
+            assert!(Instant::now() < deadline, "mosquitto never finished a save");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let before = self.saved_inode();
+        let child = self.child.as_ref().expect("the broker runs");
+        let status = Command::new("kill").args(["-USR1", &child.id().to_string()]).status().expect("run kill");
+        assert!(status.success());
+        while self.saved_inode() == before {
+            assert!(Instant::now() < deadline, "mosquitto did not save its database");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops the broker gracefully (SIGTERM: a persistent one saves its

@@ -1,5 +1,7 @@
 //! A test MQTT 5 client: publish commands, collect what the gateway publishes.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +31,8 @@ impl Message {
 
 pub struct TestClient {
     pub client: AsyncClient,
+    /// PUBACKs received: publishes the broker accepted.
+    accepted: Arc<AtomicUsize>,
     rx: mpsc::UnboundedReceiver<Message>,
     /// Everything received so far and not yet taken.
     seen: Vec<Message>,
@@ -45,6 +49,8 @@ impl TestClient {
         let (client, mut eventloop) = AsyncClient::new(opts, 100_000);
         let (tx, rx) = mpsc::unbounded_channel();
         let (subacked_tx, mut subacked_rx) = mpsc::unbounded_channel();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let puback = Arc::clone(&accepted);
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -62,6 +68,9 @@ impl TestClient {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = subacked_tx.send(());
                     }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        puback.fetch_add(1, Ordering::SeqCst);
+                    }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
@@ -73,7 +82,21 @@ impl TestClient {
             client.subscribe_many([filter]).await.unwrap();
             tokio::time::timeout(Duration::from_secs(10), subacked_rx.recv()).await.expect("suback in time");
         }
-        TestClient { client, rx, seen: Vec::new() }
+        TestClient { client, accepted, rx, seen: Vec::new() }
+    }
+
+    /// Waits until the broker has acknowledged `n` QoS 1 publishes of this
+    /// client (`publish` only queues them).
+    pub async fn wait_accepted(&self, n: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.accepted.load(Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broker accepted only {} of {n}",
+                self.accepted.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) {
