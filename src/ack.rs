@@ -186,10 +186,11 @@ pub enum AckMsg {
     /// Acks may have become ready without a completion (a redelivery of a
     /// finished command).
     Flush,
-    /// Once every command of this connection is acked, disconnect (queued
-    /// behind those acks, so none is lost) to have the broker redeliver the
-    /// commands left to it; see `ingress::Overflow`.
-    Reconnect,
+    /// Once every command of connection number `n` is acked, disconnect
+    /// (queued behind those acks, so none is lost) to have the broker
+    /// redeliver the commands left to it; see `ingress::Overflow`. Moot if
+    /// that connection has ended anyway.
+    Reconnect(u64),
 }
 
 /// The task that turns completions into PUBACKs, in order.
@@ -198,20 +199,22 @@ pub struct Acker {
     pub client: AsyncClient,
     /// Keeps `acks_pending` current.
     pub pending: prometheus::IntGauge,
+    /// Counts broker connections (for `AckMsg::Reconnect`).
+    pub connections: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Acker {
     /// Runs until every sender of `rx` is gone.
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
-        let mut reconnect = false;
+        let mut reconnect: Option<u64> = None;
         while let Some(msg) = rx.recv().await {
             let (ready, all_acked) = {
                 let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned: no panics under it");
                 let ready = match msg {
                     AckMsg::Complete(seq) => tracker.complete(seq),
                     AckMsg::Flush => tracker.flush(),
-                    AckMsg::Reconnect => {
-                        reconnect = true;
+                    AckMsg::Reconnect(connection) => {
+                        reconnect = Some(connection);
                         tracker.flush()
                     }
                 };
@@ -225,10 +228,14 @@ impl Acker {
                     tracing::warn!(pkid, error = %e, "could not queue ack; the broker will redeliver");
                 }
             }
-            if reconnect && all_acked {
-                reconnect = false;
-                if let Err(e) = self.client.disconnect().await {
-                    tracing::warn!(error = %e, "could not queue the disconnect");
+            if let Some(connection) = reconnect {
+                if *self.connections.borrow() != connection {
+                    reconnect = None;
+                } else if all_acked {
+                    reconnect = None;
+                    if let Err(e) = self.client.disconnect().await {
+                        tracing::warn!(error = %e, "could not queue the disconnect");
+                    }
                 }
             }
         }

@@ -150,8 +150,13 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     );
     pipeline.spawn(publisher.run(report_rx));
     pipeline.spawn(
-        Acker { tracker: Arc::clone(&tracker), client: client.clone(), pending: metrics.acks_pending.clone() }
-            .run(ack_rx),
+        Acker {
+            tracker: Arc::clone(&tracker),
+            client: client.clone(),
+            pending: metrics.acks_pending.clone(),
+            connections: connections_rx.clone(),
+        }
+        .run(ack_rx),
     );
 
     let mirror_client = client.clone();

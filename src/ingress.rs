@@ -327,6 +327,10 @@ impl Ingress {
                         forgotten
                     };
                     if forgotten > 0 {
+                        // Nothing more to wait for: the acker may act on it.
+                        if let Some(out) = &outputs {
+                            let _ = out.acks.send(AckMsg::Flush);
+                        }
                         tracing::warn!(
                             commands = forgotten,
                             "the broker did not redeliver unacknowledged commands of the last connection \
@@ -362,6 +366,8 @@ impl Ingress {
                 // ack before it. (Dropping the socket ourselves could reset it
                 // and lose those acks.) Connect again at once.
                 Err(_) if self.overflow.disconnecting && outputs.is_some() => {
+                    // Once: should the new connection fail, back off as usual.
+                    self.overflow.disconnecting = false;
                     self.set_connected(false);
                     tracing::debug!("reconnecting for the commands left to the broker");
                 }
@@ -475,7 +481,7 @@ impl Ingress {
         }
         tracing::info!(shed = self.overflow.shed, "reconnecting for the commands left to the broker");
         self.overflow.disconnecting = true;
-        let _ = out.acks.send(AckMsg::Reconnect);
+        let _ = out.acks.send(AckMsg::Reconnect(*self.connections.borrow()));
     }
 
     /// Whether a message would take a queue slot if admitted: commands and
@@ -814,5 +820,32 @@ fn parsed_service(
         }
         Ok(CommandTopic::Get(entity)) => Some(Action::Get(entity.clone()).result_service()),
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(seq: u64) -> Parked {
+        let publish = Publish::new("ha-gateway/call/light/turn_on", QoS::AtLeastOnce, "{}", None);
+        Parked { publish, seq, received_at: Instant::now() }
+    }
+
+    #[test]
+    fn overflow_parks_up_to_its_limit_then_sheds_until_the_next_connection() {
+        let mut o = Overflow::new(2);
+        assert!(!o.must_shed(true), "nothing parked yet");
+        o.parked.extend([parked(1), parked(2)]);
+        assert!(!o.must_shed(false), "the queue has room");
+        assert!(o.must_shed(true), "queue full and the limit reached");
+        assert!(!o.caught_up(), "parked commands still wait");
+        o.parked.clear();
+        assert!(o.must_shed(false), "once shedding, every later command is shed: order holds");
+        assert!(o.caught_up());
+        o.disconnecting = true;
+        assert!(!o.caught_up(), "one reconnect at a time");
+        o.reconnected();
+        assert!(!o.must_shed(true) && !o.caught_up(), "the broker redelivers: a fresh start");
     }
 }
