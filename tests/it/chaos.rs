@@ -57,6 +57,17 @@ async fn publish_range(client: &TestClient, range: std::ops::Range<u64>) {
     }
 }
 
+/// The broker dropped no message (queue limits, in-flight limits). Mosquitto
+/// publishes the count under `$SYS`, retained, each second it changed; a
+/// broker that never published it never dropped one.
+async fn assert_no_broker_drops(port: u16) {
+    let topic = "$SYS/broker/publish/messages/dropped";
+    let mut sys = TestClient::connect(port, "chaos-sys-dropped", &[topic]).await;
+    if let Some(dropped) = sys.try_expect(topic, Duration::from_secs(3), |_| true).await {
+        assert_eq!(&dropped.payload[..], b"0", "the broker dropped messages");
+    }
+}
+
 fn distinct(ha: &FakeHa) -> usize {
     ha.calls().iter().filter_map(|c| c.body["n"].as_u64()).collect::<HashSet<_>>().len()
 }
@@ -239,6 +250,7 @@ async fn a_burst_of_100k_commands_is_all_delivered_and_the_queue_stays_within_ca
     // (eclipse-mosquitto/mosquitto#2301): at most `capacity` of the excess
     // is parked; the rest is left to the broker and fetched by reconnecting.
     assert!(max_overflow <= capacity, "{max_overflow} parked beyond the queue");
+    assert_no_broker_drops(rig.broker.port).await;
     eprintln!(
         "burst: {N} commands, queue depth peaked at {max_depth}, overflow parked at most {max_overflow}, \
          {} left to the broker and fetched in {} reconnections",
@@ -425,6 +437,7 @@ async fn a_broker_ignoring_receive_maximum_gets_its_surplus_back_in_order_and_no
     // Mosquitto 2.0.x overshoots, so the surplus went back at least once; a
     // broker that keeps to Receive Maximum gives nothing to shed.
     eprintln!("shed {} commands", gateway.metric("commands_shed_total"));
+    assert_no_broker_drops(rig.broker.port).await;
     assert!(gateway.metric("queue_overflow") <= 5.0);
     assert_balanced(&gateway).await;
     gateway.stop().await;

@@ -125,19 +125,32 @@ impl TestClient {
     /// Waits for the first message (already seen or new) on `topic` matching
     /// `pred`, takes it and returns it; panics after `timeout`.
     pub async fn expect(&mut self, topic: &str, timeout: Duration, pred: impl Fn(&Message) -> bool) -> Message {
+        match self.try_expect(topic, timeout, pred).await {
+            Some(m) => m,
+            None => panic!(
+                "timed out waiting for a message on {topic}; saw: {:?}",
+                self.seen.iter().map(|m| (&m.topic, String::from_utf8_lossy(&m.payload))).collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// [`TestClient::expect`], or `None` when nothing matching came in time.
+    pub async fn try_expect(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+        pred: impl Fn(&Message) -> bool,
+    ) -> Option<Message> {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain();
             if let Some(i) = self.seen.iter().position(|m| m.topic == topic && pred(m)) {
-                return self.seen.remove(i);
+                return Some(self.seen.remove(i));
             }
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(m)) => self.seen.push(m),
                 Ok(None) => panic!("client closed"),
-                Err(_) => panic!(
-                    "timed out waiting for a message on {topic}; saw: {:?}",
-                    self.seen.iter().map(|m| (&m.topic, String::from_utf8_lossy(&m.payload))).collect::<Vec<_>>()
-                ),
+                Err(_) => return None,
             }
         }
     }
