@@ -166,15 +166,19 @@ impl Executor {
             self.metrics.retries.inc();
             let connect_error = error.kind == HaErrorKind::Connect;
             last = Some(error);
+            // Registered before the check: a recovery in between still wakes us.
             let back = self.health.ha_back.notified();
             let wait = self.wait(Instant::now() + backoff_from, cmd.deadline);
-            let waited = if connect_error {
+            let waited = if !connect_error {
+                wait.await
+            } else if Health::get(&self.health.ha_reachable) {
+                // Another call got through since ours failed.
+                Wait::Done
+            } else {
                 tokio::select! {
                     w = wait => w,
                     () = back => Wait::Done,
                 }
-            } else {
-                wait.await
             };
             match waited {
                 Wait::Done => {}
