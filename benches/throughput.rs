@@ -41,14 +41,14 @@ async fn throughput(n: usize) {
     };
     env.wait_online().await;
     let start = Instant::now();
-    let cpu_start = cpu_seconds();
+    let cpu_start = cpu_seconds("self");
     for i in 0..n {
         let body = json!({"entity_id": format!("light.l{}", i % 200), "n": i}).to_string();
         env.client.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
     }
     env.client.collect(&format!("{PREFIX}/result/"), n, Duration::from_secs(60)).await;
     let elapsed = start.elapsed();
-    let cpu = cpu_seconds() - cpu_start;
+    let cpu = cpu_seconds("self") - cpu_start;
     assert_eq!(env.ha.calls().len(), n, "every command reached HA");
     println!(
         "throughput: {n} QoS 1 commands in {:.2} s = {:.0} commands/s (process CPU {:.1} µs/command, incl. broker client and fake HA)",
@@ -186,6 +186,8 @@ async fn process(entities: usize) {
         .env("MQTT_HA_GATEWAY_METRICS__LISTEN", format!("127.0.0.1:{port}"))
         .env("MQTT_HA_GATEWAY_STATE__INCLUDE", r#"["*"]"#)
         .env("MQTT_HA_GATEWAY_LOG__LEVEL", "warn")
+        .env("MQTT_HA_GATEWAY_QUEUE__RATE_PER_SECOND", "0")
+        .env("MQTT_HA_GATEWAY_QUEUE__CONCURRENCY", "16")
         .spawn()
         .expect("start the gateway binary");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -222,6 +224,36 @@ async fn process(entities: usize) {
         rss as f64 / 1024.0,
         peak as f64 / 1024.0,
         (rss.saturating_sub(idle) * 1024) as f64 / entities as f64
+    );
+
+    // The gateway's own CPU per command: the process alone, not the client
+    // or the fake HA.
+    let done = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"mqtt_ha_gateway_commands_total{outcome="done",reason=""} "#))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu_start = cpu_seconds(&child.id().to_string());
+    let publisher = support::TestClient::connect(broker.port, "bench-process-cpu", &[]).await;
+    for i in 0..entities {
+        let body = json!({"entity_id": format!("light.c{}", i % 200)}).to_string();
+        publisher.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
+    }
+    let sent = Instant::now();
+    loop {
+        let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+        if done(&text) >= entities as f64 {
+            break;
+        }
+        assert!(sent.elapsed() < Duration::from_secs(120), "the process did not finish the commands");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = cpu_seconds(&child.id().to_string()) - cpu_start;
+    println!(
+        "process CPU: {entities} commands in {:.2} s, {:.0} µs CPU per command (the gateway process alone)",
+        sent.elapsed().as_secs_f64(),
+        cpu * 1e6 / entities as f64
     );
 
     // 10 000 commands held: HA answers slowly, the queue fills to capacity.
@@ -320,9 +352,10 @@ fn route_matching(routes: usize, messages: usize) {
     println!("routes: {routes} routes, {messages} messages: {per:.1} µs per message matched and rendered, {per_miss:.2} µs per unmatched topic");
 }
 
-/// User + system CPU time of this process, from /proc (Linux); 0 elsewhere.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+/// User + system CPU time of a process (`"self"` or a pid), from /proc
+/// (Linux); 0 elsewhere.
+fn cpu_seconds(process: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{process}/stat")) else {
         return 0.0;
     };
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
