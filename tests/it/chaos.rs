@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::proxy::{FaultProxy, Mode};
-use crate::support::{rig, FakeHa, Gateway, Reply, TestClient, PREFIX};
+use crate::support::{rig, FakeHa, Gateway, Reply, Rig, TestClient, PREFIX};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -260,25 +260,31 @@ async fn a_burst_of_100k_commands_is_all_delivered_and_the_queue_stays_within_ca
     gateway.stop().await;
 }
 
+/// A persistent broker and a gateway with a small queue (10, one call at a
+/// time, HA answering after `delay`) and a backlog of `n` commands the
+/// broker accepted, most of it still in the broker.
+async fn persistent_backlog(test: &str, n: u64, delay: Duration) -> Option<(Rig, Gateway)> {
+    let rig = crate::support::rig_on(crate::support::Broker::start_persistent(test)?).await;
+    rig.ha.set_delay(delay);
+    let gateway = Gateway::start(&rig.config, &[("QUEUE__CONCURRENCY", "1"), ("QUEUE__CAPACITY", "10")]).await;
+    gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
+    let client = TestClient::connect(rig.broker.port, &format!("{test}-publisher"), &[]).await;
+    publish_all(&client, n).await;
+    client.wait_accepted(n as usize, T).await;
+    client.client.disconnect().await.unwrap();
+    Some((rig, gateway))
+}
+
 #[tokio::test]
 async fn a_broker_restart_mid_stream_loses_no_command() {
-    let Some(broker) = crate::support::Broker::start_persistent("chaos_broker_restart") else { return };
-    let crate::support::Rig { mut broker, ha, config, dir: _dir, .. } = crate::support::rig_on(broker).await;
-    ha.set_delay(Duration::from_millis(20));
-    // A small queue: the broker, not the gateway, holds most of the backlog.
-    let gateway = Gateway::start(&config, &[("QUEUE__CONCURRENCY", "1"), ("QUEUE__CAPACITY", "10")]).await;
-    gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
-    {
-        let client = TestClient::connect(broker.port, "chaos-broker-restart", &[]).await;
-        publish_all(&client, 100).await;
-        // Every publish was accepted (PUBACK) before the restart.
-        client.wait_accepted(100, T).await;
-        client.client.disconnect().await.unwrap();
-    }
-    ha.wait_calls(T, "a quarter", |c| c.len() >= 25).await;
-    broker.restart_gracefully();
+    let Some((mut rig, gateway)) = persistent_backlog("chaos_broker_restart", 100, Duration::from_millis(20)).await
+    else {
+        return;
+    };
+    rig.ha.wait_calls(T, "a quarter", |c| c.len() >= 25).await;
+    rig.broker.restart_gracefully();
     gateway.wait_metric("mqtt_reconnects_total", T, |v| v >= 1.0).await;
-    ha.wait_calls(T, "every command after the restart", |_| distinct(&ha) == 100).await;
+    rig.ha.wait_calls(T, "every command after the restart", |_| distinct(&rig.ha) == 100).await;
     assert_balanced(&gateway).await;
     gateway.stop().await;
 }
@@ -314,28 +320,22 @@ async fn a_broker_killed_mid_stream_loses_nothing_the_gateway_holds_and_the_stre
 
 #[tokio::test]
 async fn a_persistent_broker_killed_mid_stream_comes_back_with_its_saved_backlog() {
-    let Some(broker) = crate::support::Broker::start_persistent("chaos_broker_kill_saved") else { return };
-    let crate::support::Rig { mut broker, ha, config, dir: _dir, .. } = crate::support::rig_on(broker).await;
-    ha.set_delay(Duration::from_millis(10));
-    // A small queue: the broker, not the gateway, holds most of the backlog.
-    let gateway = Gateway::start(&config, &[("QUEUE__CONCURRENCY", "1"), ("QUEUE__CAPACITY", "10")]).await;
-    gateway.wait_metric("mqtt_connected", T, |v| v == 1.0).await;
     const N: u64 = 400;
-    {
-        let client = TestClient::connect(broker.port, "chaos-broker-kill-saved", &[]).await;
-        publish_all(&client, N).await;
-        client.wait_accepted(N as usize, T).await;
-        client.client.disconnect().await.unwrap();
-    }
+    let Some((mut rig, gateway)) = persistent_backlog("chaos_broker_kill_saved", N, Duration::from_millis(10)).await
+    else {
+        return;
+    };
     // kill -9 loses what the broker had not saved: with autosave, up to
     // `autosave_interval`. Here the accepted commands are on disk first.
-    broker.save();
-    ha.wait_calls(T, "a few", |c| c.len() >= 25).await;
-    broker.restart();
+    rig.broker.save();
+    rig.ha.wait_calls(T, "a few", |c| c.len() >= 25).await;
+    rig.broker.restart();
     gateway.wait_metric("mqtt_reconnects_total", T, |v| v >= 1.0).await;
     // Acks the broker had not saved come back as redeliveries: at least
     // once, never lost.
-    ha.wait_calls(Duration::from_secs(60), "every command after the kill", |_| distinct(&ha) == N as usize).await;
+    rig.ha
+        .wait_calls(Duration::from_secs(60), "every command after the kill", |_| distinct(&rig.ha) == N as usize)
+        .await;
     assert_balanced(&gateway).await;
     gateway.stop().await;
 }
