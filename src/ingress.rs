@@ -446,7 +446,10 @@ impl Ingress {
             if self.overflow.must_shed(self.slots.is_full()) {
                 // Left unacked for the broker to redeliver after the next
                 // connection, like every command after it (order holds).
-                self.tracker.lock().expect("ack tracker lock is never poisoned").forget(incoming.seq);
+                let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned");
+                tracker.forget(incoming.seq);
+                self.metrics.acks_pending.set(tracker.pending() as i64);
+                drop(tracker);
                 self.metrics.shed.inc();
                 if self.overflow.shed == 0 {
                     tracing::warn!(
