@@ -201,6 +201,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         health: Arc::clone(&health),
         backoff: config.home_assistant.retry,
         mqtt_connections: connections_rx,
+        published_status: None,
     };
     // With the pipeline: `ha_status offline` goes out before the disconnect.
     pipeline.spawn(mirror.run(shutdown.clone()));

@@ -146,7 +146,7 @@ pub enum ErrorCode {
     HaError,
     /// HA refused the token (401/403) until the command expired.
     HaUnauthorized,
-    /// HA failed (5xx, 429) on every attempt.
+    /// HA failed (5xx, 429) on every attempt, or its TLS certificate was refused.
     HaUnavailable,
     /// A non-idempotent call timed out: it may or may not have run.
     HaTimeout,

@@ -247,6 +247,7 @@ pub fn status_class(result: Result<u16, crate::ha::HaErrorKind>) -> &'static str
         Err(K::Rejected) => "4xx",
         Err(K::Timeout) => "timeout",
         Err(K::Connect) => "connect",
+        Err(K::Tls) => "tls",
         Err(K::Transport) => "transport",
         Err(K::InvalidResponse) => "invalid_response",
     }
@@ -271,7 +272,7 @@ impl Health {
         let (reachable, token_ok) = match result {
             Ok(()) => (true, true),
             Err(K::Unauthorized) => (true, false),
-            Err(K::Connect | K::Timeout | K::Transport | K::Server) => (false, Self::get(&self.ha_token_ok)),
+            Err(K::Connect | K::Tls | K::Timeout | K::Transport | K::Server) => (false, Self::get(&self.ha_token_ok)),
             Err(K::Rejected | K::RateLimited | K::InvalidResponse) => (true, true),
         };
         let was_reachable = self.ha_reachable.swap(reachable, Ordering::Relaxed);

@@ -18,6 +18,9 @@ pub enum HaErrorKind {
     Server,
     /// The connection could not be made: the request was never sent.
     Connect,
+    /// HA's TLS certificate was refused (wrong `ca_file`, name mismatch):
+    /// the request was never sent, and retrying cannot help.
+    Tls,
     /// No answer in time: the call may be running in HA.
     Timeout,
     /// The connection broke after the request may have been sent.
@@ -66,7 +69,7 @@ impl HaError {
     /// that may already be running in HA is re-sent only if that is harmless.
     pub fn retry(&self, idempotent: bool) -> Retry {
         match self.kind {
-            HaErrorKind::Rejected | HaErrorKind::InvalidResponse => Retry::No,
+            HaErrorKind::Rejected | HaErrorKind::InvalidResponse | HaErrorKind::Tls => Retry::No,
             HaErrorKind::Unauthorized => Retry::AfterAuth,
             HaErrorKind::RateLimited | HaErrorKind::Server | HaErrorKind::Connect => Retry::Backoff,
             HaErrorKind::Timeout | HaErrorKind::Transport if idempotent => Retry::Backoff,
@@ -116,6 +119,7 @@ mod tests {
             (Transport, false, Retry::No),
             (Transport, true, Retry::Backoff),
             (InvalidResponse, true, Retry::No),
+            (Tls, true, Retry::No),
         ];
         for (kind, idempotent, expected) in table {
             assert_eq!(HaError::new(kind, None, "").retry(idempotent), expected, "{kind:?} {idempotent}");

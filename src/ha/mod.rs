@@ -198,8 +198,27 @@ pub fn service_path(call: &ServiceCall) -> String {
     format!("api/services/{}/{}", call.domain, call.service)
 }
 
+/// Whether rustls refused the peer somewhere in the error's chain. An
+/// `io::Error` hides the error it wraps from `source()` (hyper nests two),
+/// so step into it instead.
+fn is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        current = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}
+
 fn transport_error(e: reqwest::Error) -> HaError {
-    let kind = if e.is_connect() {
+    let kind = if is_tls_refusal(&e) {
+        HaErrorKind::Tls
+    } else if e.is_connect() {
         HaErrorKind::Connect
     } else if e.is_timeout() {
         HaErrorKind::Timeout

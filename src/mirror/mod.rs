@@ -68,6 +68,8 @@ pub struct Mirror {
     pub backoff: Backoff,
     /// Increments on every broker connection (ingress).
     pub mqtt_connections: watch::Receiver<u64>,
+    /// The `ha_status` last published, and on which broker connection.
+    pub published_status: Option<(bool, u64)>,
 }
 
 impl Mirror {
@@ -97,8 +99,15 @@ impl Mirror {
         }
     }
 
-    async fn set_online(&self, online: bool) {
+    /// Publishes `ha_status` when it changed, or when a new broker
+    /// connection may have lost the retained one; not on every retry.
+    async fn set_online(&mut self, online: bool) {
         self.metrics.ha_websocket_connected.set(i64::from(online));
+        let status = (online, *self.mqtt_connections.borrow());
+        if self.published_status == Some(status) {
+            return;
+        }
+        self.published_status = Some(status);
         let payload = if online { "online" } else { "offline" };
         if let Err(e) = self.client.publish(self.prefix.ha_status(), QoS::AtLeastOnce, true, payload).await {
             tracing::warn!(error = %e, "could not queue ha_status");

@@ -202,7 +202,9 @@ fn final_failure(e: HaError) -> Outcome {
         HaErrorKind::Rejected | HaErrorKind::InvalidResponse => ErrorCode::HaError,
         HaErrorKind::Unauthorized => ErrorCode::HaUnauthorized,
         HaErrorKind::Timeout | HaErrorKind::Transport => ErrorCode::HaTimeout,
-        HaErrorKind::RateLimited | HaErrorKind::Server | HaErrorKind::Connect => ErrorCode::HaUnavailable,
+        HaErrorKind::RateLimited | HaErrorKind::Server | HaErrorKind::Connect | HaErrorKind::Tls => {
+            ErrorCode::HaUnavailable
+        }
     };
     Outcome::failed(code, e.status, e.message)
 }

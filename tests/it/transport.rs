@@ -1,6 +1,7 @@
-//! The broker connection's security: `mqtts://` with a private CA and a
-//! client certificate, a login from a password file, and the HA token never
-//! leaking into any output of the binary (logs at trace level, MQTT, HTTP).
+//! The connections' security: `mqtts://` with a private CA and a client
+//! certificate, a login from a password file, `https://`/`wss://` to HA
+//! behind a TLS front with a private CA, and the HA token never leaking into
+//! any output of the binary (logs at trace level, MQTT, HTTP).
 //!
 //! Certificates and passwords are made here, in temp dirs; each test runs its
 //! own Mosquitto with the listeners it needs (a plain loopback listener for
@@ -497,4 +498,80 @@ async fn the_token_never_appears_in_any_output() {
     assert_no_token("/metrics, /healthz, /readyz", &http);
     assert_no_token("the check outputs", &checks);
     assert_no_token("the gateway's stdout/stderr (RUST_LOG=trace, JSON)", &logs);
+}
+
+/// A TLS front for the fake HA, as a reverse proxy (nginx, Caddy) with a
+/// certificate from a private CA would be: decrypts and relays to `upstream`.
+async fn tls_front(
+    upstream: std::net::SocketAddr,
+    cert_pem: &str,
+    key_pem: &str,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    install_crypto();
+    let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&handshakes);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(client).await else { return };
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
+#[tokio::test]
+async fn https_and_wss_to_home_assistant_with_a_private_ca() {
+    let Some(rig) = crate::support::rig("https_private_ca").await else { return };
+    let ca = make_ca("Home CA");
+    let (cert, key) = leaf(&ca, "homeassistant.local", &["localhost"], true);
+    let ca_file = write_file(rig.dir.path(), "ca.pem", &ca.pem());
+    let (front, handshakes) = tls_front(rig.ha.addr, &cert, &key).await;
+    rig.ha.set_state("light.kitchen", "off", serde_json::json!({}));
+    let url = format!("https://localhost:{}", front.port());
+    let gateway = Gateway::start(
+        &rig.config,
+        &[("HOME_ASSISTANT__URL", &url), ("HOME_ASSISTANT__CA_FILE", ca_file.to_str().unwrap())],
+    )
+    .await;
+    let mut client = TestClient::connect(rig.broker.port, "https-client", &[&format!("{PREFIX}/#")]).await;
+    // REST over https: a call goes through and HA sees it.
+    let r = client.call("light.turn_on", r#"{"entity_id":"light.kitchen"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(rig.ha.calls().len(), 1);
+    // The websocket over wss: the mirror's snapshot and live updates arrive.
+    client.expect(&format!("{PREFIX}/state/light/kitchen"), Duration::from_secs(10), |_| true).await;
+    assert!(rig.ha.ws_connections() >= 1, "the mirror connected over wss");
+    gateway.stop().await;
+
+    // Without the CA the certificate is refused: nothing reaches HA, the
+    // command fails at once (no retry can help) and the metric says why.
+    let gateway = Gateway::start(&rig.config, &[("HOME_ASSISTANT__URL", &url)]).await;
+    let r = client.call("light.turn_off", r#"{"entity_id":"light.kitchen"}"#).await;
+    assert_eq!(r["error"], "ha_unavailable", "{r}");
+    assert_eq!(gateway.metric(r#"ha_calls_total{class="tls"}"#), 1.0);
+    assert_eq!(rig.ha.calls().len(), 1, "the untrusted front was never sent a call");
+    // The mirror keeps trying (with backoff) but says `offline` once, not
+    // on every attempt.
+    let before = handshakes.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handshakes.load(std::sync::atomic::Ordering::SeqCst) < before + 8 {
+        assert!(Instant::now() < deadline, "no more attempts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let statuses: Vec<_> = client.take(&format!("{PREFIX}/ha_status")).into_iter().map(|m| m.payload).collect();
+    assert_eq!(statuses.iter().filter(|p| &p[..] == b"offline").count(), 2, "once per gateway: {statuses:?}");
+    gateway.stop().await;
 }

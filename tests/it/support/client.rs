@@ -122,6 +122,14 @@ impl TestClient {
         }
     }
 
+    /// Takes every message on `topic` received so far.
+    pub fn take(&mut self, topic: &str) -> Vec<Message> {
+        self.drain();
+        let (taken, rest) = std::mem::take(&mut self.seen).into_iter().partition(|m| m.topic == topic);
+        self.seen = rest;
+        taken
+    }
+
     /// Waits for the first message (already seen or new) on `topic` matching
     /// `pred`, takes it and returns it; panics after `timeout`.
     pub async fn expect(&mut self, topic: &str, timeout: Duration, pred: impl Fn(&Message) -> bool) -> Message {
