@@ -36,3 +36,16 @@ pub mod reload;
 pub mod routes;
 pub mod topic;
 pub mod translate;
+
+/// An error and its causes on one line (`outer: inner: root`): the top
+/// message alone often hides what really failed ("connection refused").
+pub(crate) fn describe_error(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    message
+}

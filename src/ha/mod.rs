@@ -228,13 +228,5 @@ fn transport_error(e: reqwest::Error) -> HaError {
     // The URL is dropped and headers never appear in reqwest's messages:
     // the token cannot leak here. The source chain says what really failed
     // ("connection refused", "dns error"…).
-    let e = e.without_url();
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    HaError::new(kind, None, message)
+    HaError::new(kind, None, crate::describe_error(&e.without_url()))
 }

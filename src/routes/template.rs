@@ -87,14 +87,7 @@ pub fn native(text: String) -> Value {
 }
 
 fn describe(e: minijinja::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(inner) = source {
-        msg.push_str(": ");
-        msg.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    msg
+    crate::describe_error(&e)
 }
 
 /// Whether a string is a template rather than a literal.
