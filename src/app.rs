@@ -240,7 +240,7 @@ const DOWN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// never while the auth gate is closed (no hammering with a refused token).
 async fn probe_ha(ha: HaClient, every: Duration, health: Arc<Health>, metrics: Metrics, shutdown: CancellationToken) {
     loop {
-        let result = if ha.gate.wait_open(tokio::time::Instant::now()).await.is_ok() {
+        let result = if let Ok(_pass) = ha.gate.wait_open(tokio::time::Instant::now()).await {
             ha.probe().await.map_err(|e| {
                 tracing::debug!(error = %e, "home assistant probe failed");
                 e.kind

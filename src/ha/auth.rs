@@ -4,6 +4,12 @@
 //! gateway's IP. After a refusal the gate closes: nothing is sent until the
 //! token changes (file re-read) or, after a growing pause, one probe call is
 //! let through; its success reopens the gate for everyone.
+//!
+//! The probe role is a value, [`Pass`]: whoever holds it is the one caller
+//! allowed through a closed gate, and dropping it without an answer from HA
+//! (the command expired in the rate-limit wait, shutdown came, the websocket
+//! could not connect) hands the role back, so the next caller probes at once.
+//! Nothing has to remember to clear it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +34,8 @@ enum State {
 struct Inner {
     state: State,
     failures: u32,
+    /// Counts probe roles handed out, so a stale [`Pass`] cannot end a newer probe.
+    probes: u64,
 }
 
 /// Shared by every call to HA.
@@ -43,12 +51,48 @@ pub struct AuthGate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateClosed;
 
+/// Leave to send, held for as long as the call it allows. When it carries
+/// the probe role and is dropped before HA answered (no `accepted`,
+/// `refused` or `inconclusive` since), the role goes back to the gate.
+#[must_use = "the pass must be held until HA answered the call it allows"]
+#[derive(Debug)]
+pub struct Pass {
+    probe: Option<ProbeRole>,
+}
+
+impl Pass {
+    /// Whether this caller is the probe after a refusal.
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+}
+
+#[derive(Debug)]
+struct ProbeRole {
+    inner: Arc<Mutex<Inner>>,
+    changed: Arc<Notify>,
+    number: u64,
+}
+
+impl Drop for ProbeRole {
+    fn drop(&mut self) {
+        // A poisoned lock only means a panic elsewhere; the state is still plain data.
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inner.state == State::Probing && inner.probes == self.number {
+            // Nothing was learnt: the next caller may probe at once.
+            inner.state = State::Closed { until: Instant::now() };
+            drop(inner);
+            self.changed.notify_waiters();
+        }
+    }
+}
+
 impl AuthGate {
     /// `pause` is the wait after the first refusal; it doubles up to ten times that.
     pub fn new(pause: Duration, token: watch::Receiver<SecretString>) -> Self {
         let pause = Backoff::try_new(pause, pause * 10).expect("a validated auth_backoff is non-zero");
         Self {
-            inner: Arc::new(Mutex::new(Inner { state: State::Open, failures: 0 })),
+            inner: Arc::new(Mutex::new(Inner { state: State::Open, failures: 0, probes: 0 })),
             changed: Arc::new(Notify::new()),
             pause,
             token,
@@ -69,18 +113,25 @@ impl AuthGate {
         self.lock().state == State::Open
     }
 
-    /// Waits until the caller may send, or `deadline` passes.
-    pub async fn wait_open(&self, deadline: Instant) -> Result<(), GateClosed> {
+    /// Waits until the caller may send, or `deadline` passes. Hold the
+    /// [`Pass`] until HA has answered.
+    pub async fn wait_open(&self, deadline: Instant) -> Result<Pass, GateClosed> {
         let mut token = self.token.clone();
         loop {
             let notified = self.changed.notified();
             let wake = {
                 let mut inner = self.lock();
                 match inner.state {
-                    State::Open => return Ok(()),
+                    State::Open => return Ok(Pass { probe: None }),
                     State::Closed { until } if Instant::now() >= until => {
                         inner.state = State::Probing;
-                        return Ok(());
+                        inner.probes += 1;
+                        let role = ProbeRole {
+                            inner: Arc::clone(&self.inner),
+                            changed: Arc::clone(&self.changed),
+                            number: inner.probes,
+                        };
+                        return Ok(Pass { probe: Some(role) });
                     }
                     State::Closed { until } => until.min(deadline),
                     State::Probing => deadline,
@@ -165,18 +216,39 @@ mod tests {
         g.refused();
         let start = Instant::now();
         // First caller waits for the pause and becomes the probe.
-        g.wait_open(far).await.unwrap();
+        let probe = g.wait_open(far).await.unwrap();
+        assert!(probe.is_probe());
         assert_eq!(start.elapsed(), Duration::from_secs(30));
         // A second caller waits for the probe's answer (here: until its deadline).
         let soon = Instant::now() + Duration::from_secs(5);
-        assert_eq!(g.wait_open(soon).await, Err(GateClosed));
+        assert_eq!(g.wait_open(soon).await.err(), Some(GateClosed));
         // The probe is refused again: the pause doubles.
         g.refused();
+        drop(probe);
         let start = Instant::now();
-        g.wait_open(far).await.unwrap();
+        let probe = g.wait_open(far).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(60));
         g.accepted();
+        drop(probe);
         assert!(g.is_open());
+    }
+
+    /// The probe's caller can give up before calling HA (its command expired
+    /// in the rate-limit wait, shutdown came): the role must come back, or
+    /// every later caller would wait for an answer that never comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_never_calls_hands_its_role_back() {
+        let (g, _tx) = gate();
+        let far = Instant::now() + Duration::from_secs(3600);
+        g.refused();
+        {
+            let _probe = g.wait_open(far).await.unwrap();
+            // Dropped here without accepted(), refused() or inconclusive().
+        }
+        let soon = Instant::now() + Duration::from_secs(5);
+        let start = Instant::now();
+        let _next = g.wait_open(soon).await.expect("the next caller becomes the probe");
+        assert_eq!(start.elapsed(), Duration::ZERO, "no pause: nothing was sent");
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use url::Url;
 
-pub use auth::{AuthGate, GateClosed};
+pub use auth::{AuthGate, GateClosed, Pass};
 pub use error::{parse_retry_after, HaError, HaErrorKind, Retry};
 pub use token::{token_channel, watch_token};
 

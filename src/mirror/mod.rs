@@ -78,10 +78,12 @@ impl Mirror {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             let far = Instant::now() + Duration::from_secs(24 * 3600);
-            tokio::select! {
+            // Held through the session's authentication: if the socket
+            // cannot even connect, dropping it hands a probe role back.
+            let _pass = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.ha.gate.wait_open(far) => {}
-            }
+                pass = self.ha.gate.wait_open(far) => pass,
+            };
             let result = self.session(&shutdown, &mut failures).await;
             self.set_online(false).await;
             let Err(e) = result else { break };

@@ -103,13 +103,15 @@ impl Executor {
                 r = self.ha.gate.wait_open(cmd.deadline) => r,
                 _ = self.shutdown.cancelled() => return shutting_down(),
             };
-            if gate.is_err() {
+            // Held until HA answered: a probe that gives up on the way
+            // (deadline, shutdown) hands its role back when this drops.
+            let Ok(_pass) = gate else {
                 return Outcome::failed(
                     ErrorCode::HaUnauthorized,
                     Some(401),
                     "token refused until the command expired".to_owned(),
                 );
-            }
+            };
             let slot = self.limiter.reserve();
             // No timer for a zero wait: tokio's timer ticks in milliseconds,
             // and a sleep of nothing would cost one.
