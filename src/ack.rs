@@ -6,8 +6,16 @@
 //!
 //! Across a reconnect with a kept session the broker redelivers every unacked
 //! command (same packet id, DUP set). Commands of the old connection become
-//! *orphans*: when their redelivery arrives it is bound to the original
-//! command instead of being executed twice, and acked when that one ends.
+//! *orphans* the moment the connection fails ([`AckTracker::disconnected`]):
+//! nothing finishing while the link is down is acked, and when a redelivery
+//! arrives it is bound to the original command instead of being executed
+//! twice, and acked on the new connection when that one ends. An ack belongs
+//! to the connection its message arrived on and never goes out on another:
+//! the acker queues acks only under the tracker's lock, and ingress, under
+//! the same lock, marks the tracker disconnected and empties rumqttc's
+//! request channel of acks. Acks handed to the client shortly before a
+//! failure may never have reached the broker; the last [`SENT_KEPT`] of them
+//! are kept, so their redeliveries are acked again instead of run again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -39,6 +47,11 @@ struct Entry {
     orphan: bool,
 }
 
+/// Acks handed to the client that are remembered in case the connection
+/// failed before they reached the broker (rumqttc's request channel holds
+/// 1 024; the rest covers the socket's buffers).
+pub const SENT_KEPT: usize = 4096;
+
 /// Sequence numbers, ack order and orphans.
 #[derive(Debug, Default)]
 pub struct AckTracker {
@@ -47,6 +60,10 @@ pub struct AckTracker {
     /// Sequence numbers of the current connection, in arrival order.
     order: VecDeque<u64>,
     orphans: HashMap<u16, u64>,
+    /// Acks flushed on the current connection, newest last (packet id, fingerprint).
+    sent: VecDeque<(u16, u64)>,
+    /// Flushed acks the client's channel had no room for yet, in order.
+    outbox: VecDeque<u16>,
 }
 
 impl AckTracker {
@@ -116,6 +133,10 @@ impl AckTracker {
             match self.entries.get(seq) {
                 Some(e) if e.done => {
                     ready.push(e.pkid);
+                    if self.sent.len() == SENT_KEPT {
+                        self.sent.pop_front();
+                    }
+                    self.sent.push_back((e.pkid, e.fingerprint));
                     self.entries.remove(seq);
                     self.order.pop_front();
                 }
@@ -128,25 +149,66 @@ impl AckTracker {
         ready
     }
 
-    /// A new connection is up. With a kept session, what we held becomes
-    /// orphans awaiting redelivery; without one, the broker forgot them and
-    /// they will never be acked (they still run to completion).
-    pub fn reconnected(&mut self, session_present: bool) {
-        // Orphans of an older connection were redelivered by now or never will be.
-        for (_, seq) in self.orphans.drain() {
-            self.entries.remove(&seq);
+    /// The connection failed. Everything it carried becomes an orphan now:
+    /// commands finishing before the next CONNACK are not acked (an ack
+    /// queued now would go out on the next connection), and the recently
+    /// sent acks, which may not have reached the broker, are kept as
+    /// finished orphans so that a redelivery is acked, not run again.
+    /// Unsent acks are dropped: the broker redelivers their commands.
+    pub fn disconnected(&mut self) {
+        self.outbox.clear();
+        for (pkid, fingerprint) in std::mem::take(&mut self.sent) {
+            let seq = self.next_unacked();
+            self.entries.insert(seq, Entry { parts: 0, pkid, fingerprint, done: true, orphan: true });
+            self.adopt(pkid, seq);
         }
-        for seq in self.order.drain(..) {
-            let Some(entry) = self.entries.get_mut(&seq) else {
-                continue;
-            };
-            if session_present {
+        for seq in std::mem::take(&mut self.order) {
+            if let Some(entry) = self.entries.get_mut(&seq) {
                 entry.orphan = true;
-                self.orphans.insert(entry.pkid, seq);
-            } else {
+                let pkid = entry.pkid;
+                self.adopt(pkid, seq);
+            }
+        }
+    }
+
+    /// `seq` awaits its redelivery under `pkid`; a newer use of the packet
+    /// id replaces an older one (the broker reuses an id only once acked).
+    fn adopt(&mut self, pkid: u16, seq: u64) {
+        if let Some(older) = self.orphans.insert(pkid, seq) {
+            if older != seq {
+                self.entries.remove(&older);
+            }
+        }
+    }
+
+    /// A new connection is up. With a kept session, the orphans await their
+    /// redelivery (until the first SUBACK, [`Self::redeliveries_over`]);
+    /// without one, the broker forgot them and they will never be acked
+    /// (they still run to completion).
+    pub fn reconnected(&mut self, session_present: bool) {
+        // Normally done when the old connection failed; harmless twice.
+        self.disconnected();
+        if !session_present {
+            for (_, seq) in self.orphans.drain() {
                 self.entries.remove(&seq);
             }
         }
+    }
+
+    /// Acks the client could not take yet (its channel was full): they go
+    /// first next time, unless the connection fails before.
+    pub fn defer(&mut self, pkids: impl IntoIterator<Item = u16>) {
+        self.outbox.extend(pkids);
+    }
+
+    /// The deferred acks, to be queued before any new one.
+    pub fn take_deferred(&mut self) -> VecDeque<u16> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Whether acks wait for room in the client's channel.
+    pub fn has_deferred(&self) -> bool {
+        !self.outbox.is_empty()
     }
 
     /// The broker has sent every redelivery it will send: on a resumed
@@ -203,31 +265,31 @@ pub struct Acker {
     pub connections: tokio::sync::watch::Receiver<u64>,
 }
 
+/// How soon acks the client had no room for are tried again.
+const DEFERRED_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl Acker {
     /// Runs until every sender of `rx` is gone.
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
         let mut reconnect: Option<u64> = None;
-        while let Some(msg) = rx.recv().await {
-            let (ready, all_acked) = {
-                let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned: no panics under it");
-                let ready = match msg {
-                    AckMsg::Complete(seq) => tracker.complete(seq),
-                    AckMsg::Flush => tracker.flush(),
-                    AckMsg::Reconnect(connection) => {
-                        reconnect = Some(connection);
-                        tracker.flush()
-                    }
-                };
-                self.pending.set(tracker.pending() as i64);
-                (ready, tracker.pending() == 0)
-            };
-            for pkid in ready {
-                let mut ack = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
-                ack.pkid = pkid;
-                if let Err(e) = self.client.ack(&ack).await {
-                    tracing::warn!(pkid, error = %e, "could not queue ack; the broker will redeliver");
+        loop {
+            let deferred = self.lock().has_deferred();
+            let msg = if deferred {
+                match tokio::time::timeout(DEFERRED_RETRY, rx.recv()).await {
+                    Ok(None) => break,
+                    Ok(Some(msg)) => msg,
+                    Err(_) => AckMsg::Flush,
                 }
+            } else {
+                match rx.recv().await {
+                    Some(msg) => msg,
+                    None => break,
+                }
+            };
+            if let AckMsg::Reconnect(connection) = msg {
+                reconnect = Some(connection);
             }
+            let all_acked = self.step(msg);
             if let Some(connection) = reconnect {
                 if *self.connections.borrow() != connection {
                     reconnect = None;
@@ -239,6 +301,39 @@ impl Acker {
                 }
             }
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckTracker> {
+        self.tracker.lock().expect("ack tracker lock is never poisoned: no panics under it")
+    }
+
+    /// One message: the acks it makes ready are queued with the client
+    /// under the tracker's lock, so none is queued after ingress marked the
+    /// connection failed. Returns whether nothing is left to ack.
+    fn step(&self, msg: AckMsg) -> bool {
+        let mut tracker = self.lock();
+        let ready = match msg {
+            AckMsg::Complete(seq) => tracker.complete(seq),
+            AckMsg::Flush | AckMsg::Reconnect(_) => tracker.flush(),
+        };
+        let mut queue = tracker.take_deferred();
+        queue.extend(ready);
+        while let Some(pkid) = queue.pop_front() {
+            let mut ack = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
+            ack.pkid = pkid;
+            match self.client.try_ack(&ack) {
+                Ok(()) => {}
+                Err(rumqttc::v5::ClientError::TryRequest(_)) => {
+                    // The channel is full: keep the rest, in order.
+                    queue.push_front(pkid);
+                    tracker.defer(queue);
+                    break;
+                }
+                Err(e) => tracing::warn!(pkid, error = %e, "could not queue ack; the broker will redeliver"),
+            }
+        }
+        self.pending.set(tracker.pending() as i64);
+        tracker.pending() == 0
     }
 }
 
@@ -324,12 +419,69 @@ mod tests {
     }
 
     #[test]
-    fn orphans_not_redelivered_are_forgotten_at_the_next_reconnect() {
+    fn orphans_wait_across_connections_until_the_first_suback() {
         let mut t = AckTracker::default();
         t.register(1, 1, false);
+        t.disconnected();
         t.reconnected(true);
-        assert_eq!(t.pending(), 1);
+        // This connection failed before the broker redelivered anything.
+        t.disconnected();
         t.reconnected(true);
+        assert_eq!(t.pending(), 1, "the broker still holds it");
+        assert_eq!(t.redeliveries_over(), 1);
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn nothing_finishing_while_disconnected_is_acked_until_redelivered() {
+        let mut t = AckTracker::default();
+        let Registration::New(a) = t.register(7, 70, false) else { panic!() };
+        let Registration::New(b) = t.register(8, 80, false) else { panic!() };
+        t.disconnected();
+        assert!(t.complete(a).is_empty(), "no ack while the link is down");
+        assert!(t.complete(b).is_empty());
+        assert!(t.flush().is_empty());
+        t.reconnected(true);
+        assert!(t.flush().is_empty(), "nothing acked on the new connection before its redelivery");
+        assert_eq!(t.register(7, 70, true), Registration::Redelivered { seq: a, done: true });
+        assert_eq!(t.flush(), vec![7]);
+        assert_eq!(t.register(8, 80, true), Registration::Redelivered { seq: b, done: true });
+        assert_eq!(t.flush(), vec![8]);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn an_ack_lost_with_the_connection_is_sent_again_not_rerun() {
+        let mut t = AckTracker::default();
+        let Registration::New(a) = t.register(3, 30, false) else { panic!() };
+        assert_eq!(t.complete(a), vec![3], "handed to the client, never written");
+        t.disconnected();
+        t.reconnected(true);
+        let Registration::Redelivered { done: true, .. } = t.register(3, 30, true) else {
+            panic!("the redelivery of a finished command must not run again")
+        };
+        assert_eq!(t.flush(), vec![3]);
+        // Acks that did arrive (3 again, and 4): no redelivery, both
+        // forgotten at the first SUBACK.
+        let Registration::New(b) = t.register(4, 40, false) else { panic!() };
+        assert_eq!(t.complete(b), vec![4]);
+        t.disconnected();
+        t.reconnected(true);
+        assert_eq!(t.redeliveries_over(), 2);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn deferred_acks_are_dropped_when_the_connection_fails() {
+        let mut t = AckTracker::default();
+        let Registration::New(a) = t.register(9, 90, false) else { panic!() };
+        let ready = t.complete(a);
+        t.defer(ready);
+        assert!(t.has_deferred());
+        t.disconnected();
+        assert!(!t.has_deferred(), "an unsent ack never goes out on the next connection");
+        t.reconnected(true);
+        assert!(matches!(t.register(9, 90, true), Registration::Redelivered { done: true, .. }));
+        assert_eq!(t.flush(), vec![9], "acked once, on the connection of the redelivery");
     }
 }

@@ -368,11 +368,11 @@ impl Ingress {
                 Err(_) if self.overflow.disconnecting && outputs.is_some() => {
                     // Once: should the new connection fail, back off as usual.
                     self.overflow.disconnecting = false;
-                    self.set_connected(false);
+                    self.on_disconnect();
                     tracing::debug!("reconnecting for the commands left to the broker");
                 }
                 Err(e) => {
-                    self.set_connected(false);
+                    self.on_disconnect();
                     if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
                         failures = 0;
                     }
@@ -391,6 +391,25 @@ impl Ingress {
             }
         }
         self.goodbye().await;
+    }
+
+    /// The connection is gone: no ack may leave until the next one has
+    /// redelivered its commands. Under the tracker's lock (the acker queues
+    /// acks only under it), the tracker turns what it holds into orphans and
+    /// rumqttc's request channel is emptied of acks the acker queued after
+    /// the event loop failed; publishes in it are kept for the next
+    /// connection.
+    /// Only the first error after a connection does this: later ones are
+    /// failed attempts to connect, with no ack queued in between.
+    fn on_disconnect(&mut self) {
+        if !Health::get(&self.health.mqtt_connected) {
+            return;
+        }
+        self.set_connected(false);
+        let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned");
+        tracker.disconnected();
+        self.eventloop.clean();
+        self.metrics.acks_pending.set(tracker.pending() as i64);
     }
 
     fn set_connected(&self, up: bool) {

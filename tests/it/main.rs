@@ -4,6 +4,7 @@
 mod chaos;
 mod commands;
 mod config_cli;
+mod delivery;
 mod examples;
 mod faults;
 mod hostile;
