@@ -212,7 +212,7 @@ mod tests {
     async fn a_refusal_closes_the_gate_then_one_probe_goes() {
         let (g, _tx) = gate();
         let far = Instant::now() + Duration::from_secs(3600);
-        g.wait_open(far).await.unwrap();
+        drop(g.wait_open(far).await.unwrap());
         g.refused();
         let start = Instant::now();
         // First caller waits for the pause and becomes the probe.
@@ -262,7 +262,7 @@ mod tests {
         tokio::task::yield_now().await;
         let start = Instant::now();
         tx.send(SecretString::from("t2")).unwrap();
-        waiter.await.unwrap().unwrap();
+        drop(waiter.await.unwrap().unwrap());
         assert!(start.elapsed() < Duration::from_secs(1));
         assert!(g.is_open());
     }
