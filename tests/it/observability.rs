@@ -134,6 +134,32 @@ async fn readyz_follows_home_assistant_going_away_and_coming_back() {
     env.gateway.stop().await;
 }
 
+/// No commands and no websocket (the mirror cannot connect): only
+/// `home_assistant.probe_interval` keeps `/readyz` and `ha_up` true to HA.
+#[tokio::test]
+async fn readyz_and_ha_up_follow_home_assistant_within_one_probe_interval_while_idle() {
+    let dead_ws = format!("ws://127.0.0.1:{}/api/websocket", crate::support::broker::free_port());
+    let overrides = [("HOME_ASSISTANT__PROBE_INTERVAL", "1s"), ("HOME_ASSISTANT__WEBSOCKET_URL", dead_ws.as_str())];
+    let Some(mut env) = setup("readyz_idle", &overrides).await else { return };
+    env.wait_online().await;
+    env.gateway.wait_metric("ha_up", T, |v| v == 1.0).await;
+    assert_eq!(env.gateway.get("/readyz").await.0, 200);
+
+    // One interval, plus room for a busy machine; far less than the 10 s
+    // a blind probe took.
+    let within = Duration::from_millis(2500);
+    env.ha.stop();
+    let stopped = tokio::time::Instant::now();
+    env.gateway.wait_metric("ha_up", within, |v| v == 0.0).await;
+    assert_eq!(env.gateway.get("/readyz").await.0, 503);
+    eprintln!("ha_up fell {:?} after HA stopped", stopped.elapsed());
+
+    env.ha.restart().await;
+    env.gateway.wait_metric("ha_up", within, |v| v == 1.0).await;
+    assert_eq!(env.gateway.get("/readyz").await.0, 200);
+    env.gateway.stop().await;
+}
+
 #[tokio::test]
 async fn listed_home_assistant_entities_become_gauges() {
     let entities = ("METRICS__ENTITIES__INCLUDE", r#"["sensor.water_usage", "binary_sensor.leak"]"#);
