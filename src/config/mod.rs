@@ -15,7 +15,7 @@ use std::time::Duration;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
 use figment::Figment;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub use raw::{RawConfig, RawRoute};
@@ -397,17 +397,22 @@ impl Validator {
         Some(path)
     }
 
-    fn secret(&mut self, keys: (&str, &str), inline: Option<String>, file: Option<String>) -> Option<SecretSource> {
+    fn secret(
+        &mut self,
+        keys: (&str, &str),
+        inline: Option<SecretString>,
+        file: Option<String>,
+    ) -> Option<SecretSource> {
         let source = match (inline, file) {
             (Some(_), Some(_)) => {
                 self.error(keys.0, format!("set either {} or {}, not both", keys.0, keys.1));
                 return None;
             }
-            (Some(s), None) if s.trim().is_empty() => {
+            (Some(s), None) if s.expose_secret().trim().is_empty() => {
                 self.error(keys.0, "is empty");
                 return None;
             }
-            (Some(s), None) => SecretSource::Inline(SecretString::from(s.trim().to_owned())),
+            (Some(s), None) => SecretSource::Inline(SecretString::from(s.expose_secret().trim())),
             (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
             (None, None) => return None,
         };

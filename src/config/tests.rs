@@ -119,3 +119,26 @@ fn type_errors_and_unknown_keys_name_their_path() {
     assert_eq!(keys(load_str("", &[TOKEN, ("QUEUE__BOGUS", "1")]).unwrap_err()), ["queue.bogus"]);
     assert_eq!(keys(load_str("[nope]\n", &[TOKEN]).unwrap_err()), ["nope"]);
 }
+
+#[test]
+fn secrets_never_reach_the_raw_configs_debug_output() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let toml = "[mqtt]\nusername = \"gw\"\npassword = \"mqtt-file-password\"\n\
+                [home_assistant]\ntoken = \"ha-file-token\"\n";
+    file.write_all(toml.as_bytes()).unwrap();
+    let raw = load_raw(file.path(), true, []).unwrap();
+    let debug = format!("{raw:?}");
+    for secret in ["mqtt-file-password", "ha-file-token"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    // The environment layer: the usual place for the token.
+    let env = [("MQTT__PASSWORD", "mqtt-env-password"), ("HOME_ASSISTANT__TOKEN", "ha-env-token")];
+    let raw =
+        load_raw(file.path(), true, env.iter().map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_string()))).unwrap();
+    let debug = format!("{raw:?}");
+    for secret in ["mqtt-env-password", "ha-env-token"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    let c = validate(raw).unwrap();
+    assert_eq!(c.home_assistant.token.read().unwrap().expose_secret(), "ha-env-token");
+}
