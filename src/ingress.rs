@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessPolicy;
 use crate::ack::{fingerprint, AckMsg, AckTracker, Registration};
+use crate::bounds::MAX_PACKET;
 use crate::command::{Action, Command, ErrorCode, Origin, ReplyTo};
 use crate::config::MqttConfig;
 use crate::metrics::{Health, Metrics};
@@ -34,11 +35,6 @@ use crate::queue::Slots;
 use crate::routes::{RouteResult, RouteTable};
 use crate::topic::CommandTopic;
 use crate::translate::{translate, Limits};
-
-/// Largest packet we accept from the broker (MQTT 5 Maximum Packet Size): it
-/// drops larger messages without telling anyone. Up to this size, a payload
-/// over `limits.max_payload_bytes` gets a `payload_too_large` result.
-const MAX_PACKET: u32 = 2 * 1024 * 1024;
 
 /// Our QoS 1 publishes (results, states) awaiting the broker's PUBACK at once.
 const OUTGOING_INFLIGHT: u16 = 256;

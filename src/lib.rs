@@ -15,12 +15,14 @@
 //! - [`metrics`], [`http`]: Prometheus metrics and health endpoints.
 //! - [`reload`]: SIGHUP / file change → new access rules and routes.
 //! - [`app`]: wiring and shutdown; the only module that knows all others.
+//! - [`backoff`], [`bounds`]: pure helpers (jittered backoff; limits every stage agrees on).
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod ack;
 pub mod app;
 pub mod backoff;
+pub mod bounds;
 pub mod command;
 pub mod config;
 pub mod ha;

@@ -11,10 +11,6 @@ use serde_json::{Map, Value};
 use crate::command::{Action, ErrorCode, ServiceCall};
 use crate::topic::{CommandTopic, EntityId, Slug};
 
-/// Largest payload the broker may send us at all (`[limits]` can only lower
-/// what is accepted below this).
-pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
-
 /// `[limits]`: what one payload may be at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

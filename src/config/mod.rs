@@ -15,18 +15,22 @@ use std::time::Duration;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
 use figment::Figment;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub use raw::{RawConfig, RawRoute};
 
 use crate::access::{AccessPolicy, RuleSpec};
 use crate::backoff::Backoff;
+use crate::bounds::{self, MAX_DURATION, MAX_PACKET, MAX_PAYLOAD_BYTES, PACKET_HEADROOM};
 use crate::mirror::StateFilter;
 use crate::routes::RouteTable;
 use crate::topic::{EntityId, TopicPrefix};
 use crate::translate::Limits;
 use std::sync::Arc;
+
+/// MQTT's keep-alive is 16-bit seconds; rumqttc would truncate a longer one.
+const MAX_KEEP_ALIVE: Duration = Duration::from_secs(u16::MAX as u64);
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "MQTT_HA_GATEWAY_";
@@ -367,7 +371,13 @@ impl Validator {
         self.errors.push(ConfigError::new(key, message));
     }
 
+    /// A duration of at most [`MAX_DURATION`] (anything longer would overflow
+    /// the deadlines it is added to).
     fn duration(&mut self, key: &str, text: &str) -> Option<Duration> {
+        self.duration_at_most(key, text, MAX_DURATION)
+    }
+
+    fn duration_at_most(&mut self, key: &str, text: &str, max: Duration) -> Option<Duration> {
         let d = self.record(
             key,
             humantime::parse_duration(text)
@@ -377,7 +387,7 @@ impl Validator {
             self.error(key, "must be greater than zero");
             return None;
         }
-        Some(d)
+        self.record(key, bounds::at_most(d, max))
     }
 
     fn non_zero(&mut self, key: &str, n: u32) -> Option<NonZeroU32> {
@@ -397,17 +407,22 @@ impl Validator {
         Some(path)
     }
 
-    fn secret(&mut self, keys: (&str, &str), inline: Option<String>, file: Option<String>) -> Option<SecretSource> {
+    fn secret(
+        &mut self,
+        keys: (&str, &str),
+        inline: Option<SecretString>,
+        file: Option<String>,
+    ) -> Option<SecretSource> {
         let source = match (inline, file) {
             (Some(_), Some(_)) => {
                 self.error(keys.0, format!("set either {} or {}, not both", keys.0, keys.1));
                 return None;
             }
-            (Some(s), None) if s.trim().is_empty() => {
+            (Some(s), None) if s.expose_secret().trim().is_empty() => {
                 self.error(keys.0, "is empty");
                 return None;
             }
-            (Some(s), None) => SecretSource::Inline(SecretString::from(s.trim().to_owned())),
+            (Some(s), None) => SecretSource::Inline(SecretString::from(s.expose_secret().trim())),
             (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
             (None, None) => return None,
         };
@@ -470,7 +485,7 @@ impl Validator {
                 None
             }
         };
-        let keep_alive = self.duration("mqtt.keep_alive", &raw.keep_alive);
+        let keep_alive = self.duration_at_most("mqtt.keep_alive", &raw.keep_alive, MAX_KEEP_ALIVE);
         if keep_alive.is_some_and(|k| k < Duration::from_secs(5)) {
             self.error("mqtt.keep_alive", "must be at least 5s");
         }
@@ -586,16 +601,19 @@ impl Validator {
     }
 
     fn limits(&mut self, raw: raw::RawLimits) -> Limits {
+        // The broker drops larger packets without a word: no result would come.
+        let packet =
+            format!(" (the MQTT packet cap of {MAX_PACKET} bytes less {PACKET_HEADROOM} for topic and properties)");
         let checks = [
-            ("limits.max_payload_bytes", raw.max_payload_bytes, 16, 16 * 1024 * 1024),
-            ("limits.max_json_depth", raw.max_json_depth, 1, 128),
-            ("limits.max_json_keys", raw.max_json_keys, 1, 1_000_000),
-            ("limits.max_topic_length", raw.max_topic_length, 16, 65_535),
-            ("limits.max_correlation_bytes", raw.max_correlation_bytes, 1, 65_535),
+            ("limits.max_payload_bytes", raw.max_payload_bytes, 16, MAX_PAYLOAD_BYTES, packet.as_str()),
+            ("limits.max_json_depth", raw.max_json_depth, 1, 128, ""),
+            ("limits.max_json_keys", raw.max_json_keys, 1, 1_000_000, ""),
+            ("limits.max_topic_length", raw.max_topic_length, 16, 65_535, ""),
+            ("limits.max_correlation_bytes", raw.max_correlation_bytes, 1, 65_535, ""),
         ];
-        for (key, value, min, max) in checks {
+        for (key, value, min, max, why) in checks {
             if !(min..=max).contains(&value) {
-                self.error(key, format!("must be between {min} and {max}"));
+                self.error(key, format!("must be between {min} and {max}{why}"));
             }
         }
         Limits {

@@ -6,6 +6,7 @@
 //! [`RawConfig`] into a typed [`super::Config`] and names the key path of
 //! every problem.
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
 /// The whole file.
@@ -79,8 +80,8 @@ pub struct RawMqtt {
     pub shared_group: Option<String>,
     /// MQTT username.
     pub username: Option<String>,
-    /// MQTT password (prefer `password_file`).
-    pub password: Option<String>,
+    /// MQTT password (prefer `password_file`); never printed.
+    pub password: Option<SecretString>,
     /// File holding the MQTT password (Docker secret).
     pub password_file: Option<String>,
     /// CA certificate (PEM) for `mqtts://`; system roots when absent.
@@ -126,8 +127,8 @@ impl Default for RawMqtt {
 pub struct RawHomeAssistant {
     /// Base URL of Home Assistant, e.g. `http://127.0.0.1:8123`.
     pub url: String,
-    /// Long-lived access token (the environment is the usual place for it).
-    pub token: Option<String>,
+    /// Long-lived access token (the environment is the usual place for it); never printed.
+    pub token: Option<SecretString>,
     /// File holding the token (Docker secret); re-read when it changes.
     pub token_file: Option<String>,
     /// Timeout of one HTTP request, e.g. "10s".

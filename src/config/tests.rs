@@ -119,3 +119,125 @@ fn type_errors_and_unknown_keys_name_their_path() {
     assert_eq!(keys(load_str("", &[TOKEN, ("QUEUE__BOGUS", "1")]).unwrap_err()), ["queue.bogus"]);
     assert_eq!(keys(load_str("[nope]\n", &[TOKEN]).unwrap_err()), ["nope"]);
 }
+
+#[test]
+fn secrets_never_reach_the_raw_configs_debug_output() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let toml = "[mqtt]\nusername = \"gw\"\npassword = \"mqtt-file-password\"\n\
+                [home_assistant]\ntoken = \"ha-file-token\"\n";
+    file.write_all(toml.as_bytes()).unwrap();
+    let raw = load_raw(file.path(), true, []).unwrap();
+    let debug = format!("{raw:?}");
+    for secret in ["mqtt-file-password", "ha-file-token"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    // The environment layer: the usual place for the token.
+    let env = [("MQTT__PASSWORD", "mqtt-env-password"), ("HOME_ASSISTANT__TOKEN", "ha-env-token")];
+    let raw =
+        load_raw(file.path(), true, env.iter().map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_string()))).unwrap();
+    let debug = format!("{raw:?}");
+    for secret in ["mqtt-env-password", "ha-env-token"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    let c = validate(raw).unwrap();
+    assert_eq!(c.home_assistant.token.read().unwrap().expose_secret(), "ha-env-token");
+}
+
+/// `(key path, message)` of every problem.
+fn problems(e: ConfigErrors) -> Vec<(String, String)> {
+    e.0.into_iter().map(|e| (e.key, e.message)).collect()
+}
+
+#[test]
+fn max_payload_bytes_leaves_room_under_the_mqtt_packet_cap() {
+    // The broker drops packets over 2 MiB without a word: a payload limit at
+    // or above it would promise results that never come.
+    for value in ["2097152", "16777216", "1966081"] {
+        let e = load_str(&format!("[limits]\nmax_payload_bytes = {value}\n"), &[TOKEN]).unwrap_err();
+        let problems = problems(e);
+        assert_eq!(problems.len(), 1, "{value}: {problems:?}");
+        let (key, message) = &problems[0];
+        assert_eq!(key, "limits.max_payload_bytes", "{value}");
+        assert!(message.contains("1966080"), "{value}: the maximum is named: {message}");
+    }
+    let c = load_str("[limits]\nmax_payload_bytes = 1966080\n", &[TOKEN]).unwrap();
+    assert_eq!(c.limits.max_payload_bytes, 1_966_080);
+}
+
+/// The run-time arithmetic each duration setting reaches: added to an
+/// `Instant` (a command's deadline in ingress, a retry's wake-up in the
+/// executor, debounce and throttle in the dispatcher, rumqttc's keep-alive
+/// timer, the auth gate's pause) or multiplied (the auth gate's longest pause).
+fn run_durations(c: &Config) {
+    let now = tokio::time::Instant::now();
+    let (_tx, rx) = tokio::sync::watch::channel(SecretString::from("t"));
+    let gate = crate::ha::AuthGate::new(c.home_assistant.auth_backoff, rx);
+    for _ in 0..12 {
+        gate.refused();
+    }
+    let _ = now + c.queue.max_age;
+    let _ = now + c.home_assistant.retry.max();
+    let _ = now + c.mqtt.keep_alive;
+    let _ = now + c.mqtt.reconnect.max();
+    for result in c.routes.evaluate("flow/x", b"1", None) {
+        if let crate::routes::RouteResult::Call { flow, .. } = result {
+            for d in [flow.debounce, flow.throttle].into_iter().flatten() {
+                let _ = now + d;
+            }
+        }
+    }
+}
+
+const FLOW_ROUTE: &str = "[[route]]\nname = \"flow\"\ntopic = \"flow/x\"\nservice = \"light.turn_on\"\n\
+                          entity_id = \"light.x\"\n";
+
+#[test]
+fn huge_durations_are_refused_at_load_not_overflowed_at_run_time() {
+    // 500 000 000 000 years: parses (below u64::MAX seconds) but overflows
+    // `Instant + Duration` and `Duration * 10`.
+    const HUGE: &str = "500000000000y";
+    let table = [
+        ("[mqtt]\nkeep_alive = \"{}\"\n", "mqtt.keep_alive"),
+        ("[mqtt]\nsession_expiry = \"{}\"\n", "mqtt.session_expiry"),
+        ("[mqtt]\nreconnect_max = \"{}\"\n", "mqtt.reconnect_max"),
+        ("[mqtt]\nreconnect_min = \"{}\"\nreconnect_max = \"{}\"\n", "mqtt.reconnect_min"),
+        ("[home_assistant]\nrequest_timeout = \"{}\"\n", "home_assistant.request_timeout"),
+        ("[home_assistant]\nconnect_timeout = \"{}\"\n", "home_assistant.connect_timeout"),
+        ("[home_assistant]\nretry_max = \"{}\"\n", "home_assistant.retry_max"),
+        ("[home_assistant]\nretry_min = \"{}\"\nretry_max = \"{}\"\n", "home_assistant.retry_min"),
+        ("[home_assistant]\nauth_backoff = \"{}\"\n", "home_assistant.auth_backoff"),
+        ("[home_assistant]\nprobe_interval = \"{}\"\n", "home_assistant.probe_interval"),
+        ("[queue]\nmax_age = \"{}\"\n", "queue.max_age"),
+        ("[queue]\ndedupe_window = \"{}\"\n", "queue.dedupe_window"),
+        ("debounce = \"{}\"\n", "route[0] (flow).debounce"),
+        ("throttle = \"{}\"\n", "route[0] (flow).throttle"),
+    ];
+    for (toml, key) in table {
+        let mut toml = toml.replace("{}", HUGE);
+        if key.starts_with("route") {
+            toml = format!("{FLOW_ROUTE}{toml}");
+        }
+        // Were it accepted, the gateway would panic here at run time.
+        let result = load_str(&toml, &[TOKEN]).map(|c| run_durations(&c));
+        let problems = problems(result.unwrap_err());
+        assert!(problems.iter().any(|(k, m)| k == key && m.contains("at most")), "{key}: {problems:?}");
+    }
+}
+
+#[test]
+fn the_longest_accepted_durations_are_safe_at_run_time() {
+    let toml = format!(
+        "[mqtt]\nkeep_alive = \"65535s\"\nsession_expiry = \"1y\"\nreconnect_min = \"1y\"\nreconnect_max = \"1y\"\n\
+         [home_assistant]\nrequest_timeout = \"1y\"\nconnect_timeout = \"1y\"\nretry_min = \"1y\"\nretry_max = \"1y\"\n\
+         auth_backoff = \"1y\"\nprobe_interval = \"1y\"\n\
+         [queue]\nmax_age = \"1y\"\ndedupe_window = \"1y\"\n\
+         {FLOW_ROUTE}debounce = \"1y\"\nthrottle = \"1y\"\n"
+    );
+    let c = load_str(&toml, &[TOKEN]).unwrap();
+    run_durations(&c);
+    let just_over =
+        [("[mqtt]\nkeep_alive = \"65536s\"\n", "mqtt.keep_alive"), ("[queue]\nmax_age = \"366d\"\n", "queue.max_age")];
+    for (toml, key) in just_over {
+        assert_eq!(keys(load_str(toml, &[TOKEN]).unwrap_err()), [key]);
+    }
+}

@@ -22,6 +22,15 @@ pub use token::{token_channel, watch_token};
 use crate::command::{Action, ServiceCall};
 use crate::config::HaConfig;
 
+/// Largest successful answer read. `GET /api/states` of a home with 10 000+
+/// entities is several MiB, and a service call that touches every entity
+/// returns as many states: one cap with ten times that room serves both, and
+/// a misbehaving proxy cannot make the gateway allocate without bound.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Of an error's body only the start goes into the message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// What a successful service call returned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallResponse {
@@ -163,14 +172,20 @@ impl HaClient {
 
     /// 2xx → status and body; otherwise the classified error. Tells the gate
     /// about 401/403 and about every accepted answer.
-    async fn check_status(&self, response: reqwest::Response) -> Result<(u16, bytes::Bytes), HaError> {
+    async fn check_status(&self, response: reqwest::Response) -> Result<(u16, Vec<u8>), HaError> {
         let status = response.status().as_u16();
         let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
         if (200..300).contains(&status) {
+            let (body, whole) = read_at_most(response, MAX_BODY).await.map_err(|e| self.transport_error(e))?;
             self.gate.accepted();
+            if !whole {
+                let message = format!("response body over {MAX_BODY} bytes");
+                return Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), message));
+            }
             return Ok((status, body));
         }
+        // The status decides the kind; the body only explains it.
+        let (body, _) = read_at_most(response, MAX_ERROR_BODY).await.map_err(|e| self.transport_error(e))?;
         let kind = HaError::kind_for_status(status);
         if kind == HaErrorKind::Unauthorized {
             self.gate.refused();
@@ -190,6 +205,25 @@ impl HaClient {
         self.gate.inconclusive();
         transport_error(e)
     }
+}
+
+/// At most `limit` bytes of the body, and whether that was all of it. A
+/// declared length over the limit is not read at all; otherwise reading stops
+/// at the first chunk past the limit (dropping the response closes the
+/// connection).
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok((Vec::new(), false));
+    }
+    let mut body = Vec::with_capacity(response.content_length().map_or(0, |n| n as usize));
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            body.extend_from_slice(&chunk[..limit - body.len()]);
+            return Ok((body, false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, true))
 }
 
 /// `api/services/<domain>/<service>`, relative to the base URL: both parts
@@ -230,3 +264,6 @@ fn transport_error(e: reqwest::Error) -> HaError {
     // ("connection refused", "dns error"…).
     HaError::new(kind, None, crate::describe_error(&e.without_url()))
 }
+
+#[cfg(test)]
+mod tests;

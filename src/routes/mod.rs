@@ -252,7 +252,14 @@ impl RouteTable {
         let mut duration = |key: &str, v: &Option<String>| -> Option<Duration> {
             let v = v.as_ref()?;
             match humantime::parse_duration(v) {
-                Ok(d) if !d.is_zero() => Some(d),
+                // Added to the dispatcher's instants: bounded so they cannot overflow.
+                Ok(d) if !d.is_zero() => match crate::bounds::at_most(d, crate::bounds::MAX_DURATION) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        fail(key, e);
+                        None
+                    }
+                },
                 _ => {
                     fail(key, format!("{v:?} is not a duration such as \"500ms\" or \"2s\""));
                     None

@@ -36,11 +36,14 @@ topic_prefix = "a/#"
 [home_assistant]
 url = "ftp://x"
 token_file = "/nonexistent/token"
+auth_backoff = "500000000000y"
 [queue]
 capacity = 0
 max_age = "soon"
 [access]
 allow_services = ["Light.*"]
+[limits]
+max_payload_bytes = 16777216
 [metrics]
 listen = "nowhere"
 "#,
@@ -55,10 +58,14 @@ listen = "nowhere"
         "queue.capacity",
         "queue.max_age",
         "access.allow_services",
+        "limits.max_payload_bytes",
         "metrics.listen",
     ] {
         assert!(out.contains(&format!("error: {key}: ")), "{key} missing from:\n{out}");
     }
+    // Bounds that would otherwise overflow at run time or lose payloads at the broker.
+    assert!(out.contains("error: home_assistant.auth_backoff: must be at most 1year"), "{out}");
+    assert!(out.contains("error: limits.max_payload_bytes: must be between 16 and 1966080"), "{out}");
 }
 
 #[test]
