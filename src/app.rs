@@ -6,6 +6,10 @@
 //! calls in flight (no new attempt starts); their results and acks go out;
 //! then `offline` is published and the connection closed. The grace period
 //! bounds all of it.
+//!
+//! Every stage runs under [`Stages`]: one that ends before shutdown is fatal
+//! ([`StageFailed`]): `/healthz` turns 503, the same shutdown runs, and
+//! [`Running::wait`] returns the error (the binary exits 70).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::ack::{AckTracker, Acker};
 use crate::config::Config;
@@ -27,6 +30,7 @@ use crate::mirror::{tls_config, Mirror, StateOptions, StateOut};
 use crate::publisher::{Publisher, Report};
 use crate::queue::{Dispatcher, Executor, RateLimiter, Slots};
 use crate::reload::Reloader;
+use crate::supervise::{FailStage, StageFailed, Stages};
 
 /// How long in-flight calls may take to finish at shutdown.
 pub const GRACE: Duration = Duration::from_secs(15);
@@ -53,15 +57,17 @@ pub struct Running {
     /// Wakes the token watcher (SIGHUP).
     /// Counts SIGHUPs: re-read the token file, reload rules and routes.
     pub hup: watch::Sender<u64>,
-    done: JoinHandle<()>,
+    done: JoinHandle<Result<(), StageFailed>>,
 }
 
 impl Running {
-    /// Waits until the gateway has shut down (after the token was cancelled).
-    pub async fn wait(self) {
-        if let Err(e) = self.done.await {
-            tracing::error!(error = %e, "shutdown task failed");
-        }
+    /// Waits until the gateway has shut down: after the token was
+    /// cancelled (`Ok`), or after a stage failed (`Err`).
+    pub async fn wait(self) -> Result<(), StageFailed> {
+        self.done.await.unwrap_or_else(|e| {
+            let panic = Some(e.to_string());
+            Err(StageFailed(crate::supervise::Ended { stage: "supervisor", panic }))
+        })
     }
 }
 
@@ -72,6 +78,8 @@ pub struct Options {
     pub dry_run: bool,
     /// Reload access rules and routes on SIGHUP and file changes.
     pub reloader: Option<Reloader>,
+    /// Tests of supervision: make one stage panic on demand.
+    pub fail_stage: Option<FailStage>,
 }
 
 /// Starts every stage; returns once the metrics port is bound.
@@ -110,7 +118,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     let (report_tx, report_rx) = mpsc::unbounded_channel::<Report>();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
 
-    let tasks = TaskTracker::new();
+    let mut tasks = Stages::new(options.fail_stage.clone());
     let stop_polling = CancellationToken::new();
     let (hup, hup_rx) = watch::channel(0u64);
 
@@ -125,8 +133,8 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         dry_run: options.dry_run,
     });
     let dispatcher = Dispatcher { executor, concurrency: config.queue.concurrency };
-    let pipeline = TaskTracker::new();
-    pipeline.spawn(dispatcher.run(cmd_rx, report_tx.clone()));
+    let mut pipeline = Stages::new(options.fail_stage);
+    pipeline.spawn("dispatcher", dispatcher.run(cmd_rx, report_tx.clone()));
     let state_options = StateOptions {
         attributes: config.state.attributes,
         attribute_topics: config.state.attribute_topics,
@@ -148,8 +156,9 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         Arc::clone(&slots),
         ack_tx.clone(),
     );
-    pipeline.spawn(publisher.run(report_rx));
+    pipeline.spawn("publisher", publisher.run(report_rx));
     pipeline.spawn(
+        "acker",
         Acker {
             tracker: Arc::clone(&tracker),
             client: client.clone(),
@@ -180,10 +189,13 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         dedupe: config.queue.dedupe_window.map(ingress::Dedupe::new),
     };
     let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };
-    tasks.spawn(ingress.run(outputs, shutdown.clone(), stop_polling.clone()));
-    tasks.spawn(watch_token(config.home_assistant.token.clone(), token_tx, hup_rx.clone(), shutdown.clone()));
+    tasks.spawn("ingress", ingress.run(outputs, shutdown.clone(), stop_polling.clone()));
+    tasks.spawn(
+        "token_watcher",
+        watch_token(config.home_assistant.token.clone(), token_tx, hup_rx.clone(), shutdown.clone()),
+    );
     if let Some(reloader) = options.reloader {
-        tasks.spawn(reloader.run(rules_tx, hup_rx, shutdown.clone()));
+        tasks.spawn("reloader", reloader.run(rules_tx, hup_rx, shutdown.clone()));
     }
     let websocket_url = config.home_assistant.websocket_url.clone().unwrap_or_else(|| ha.websocket_url());
     let tls = match websocket_url.scheme() {
@@ -204,33 +216,94 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         published_status: None,
     };
     // With the pipeline: `ha_status offline` goes out before the disconnect.
-    pipeline.spawn(mirror.run(shutdown.clone()));
-    pipeline.close();
+    pipeline.spawn("mirror", mirror.run(shutdown.clone()));
     let gate = ha.gate.clone();
     let every = config.home_assistant.probe_interval;
-    tasks.spawn(probe_ha(ha, every, Arc::clone(&health), metrics.clone(), shutdown.clone()));
-    let http_state = HttpState { metrics: metrics.clone(), health, slots: Arc::clone(&slots), gate };
+    tasks.spawn("probe", probe_ha(ha, every, Arc::clone(&health), metrics.clone(), shutdown.clone()));
+    let http_state =
+        HttpState { metrics: metrics.clone(), health: Arc::clone(&health), slots: Arc::clone(&slots), gate };
     let http_stop = CancellationToken::new();
-    tasks.spawn(http::serve(listener, http_state, http_stop.clone()));
-    tasks.close();
+    tasks.spawn("http", http::serve(listener, http_state, http_stop.clone()));
 
-    let done = tokio::spawn(async move {
-        shutdown.cancelled().await;
+    let stopping = Stopping { shutdown, stop_polling, http_stop, health };
+    let done = tokio::spawn(stopping.supervise(pipeline, tasks));
+    Ok(Running { metrics_addr, metrics, hup, done })
+}
+
+/// How long a stage that ended normally is given for the panic that caused
+/// it to surface.
+const CAUSE_WINDOW: Duration = Duration::from_millis(100);
+
+/// The stage that really failed: one that panicked just before `ended`, or
+/// `ended` itself.
+async fn cause(ended: crate::supervise::Ended, pipeline: &mut Stages, tasks: &mut Stages) -> crate::supervise::Ended {
+    let panicked = async {
+        loop {
+            let next = tokio::select! {
+                Some(e) = pipeline.next() => e,
+                Some(e) = tasks.next() => e,
+                else => return None,
+            };
+            if next.panic.is_some() {
+                return Some(next);
+            }
+        }
+    };
+    tokio::time::timeout(CAUSE_WINDOW, panicked).await.ok().flatten().unwrap_or(ended)
+}
+
+/// What the supervisor needs to stop everything.
+struct Stopping {
+    shutdown: CancellationToken,
+    stop_polling: CancellationToken,
+    http_stop: CancellationToken,
+    health: Arc<Health>,
+}
+
+impl Stopping {
+    /// Waits for shutdown or the first stage to end, whichever comes first,
+    /// then drains: the pipeline within the grace period, then ingress and
+    /// the rest.
+    async fn supervise(self, mut pipeline: Stages, mut tasks: Stages) -> Result<(), StageFailed> {
+        let failed = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => None,
+            Some(ended) = pipeline.next() => Some(ended),
+            Some(ended) = tasks.next() => Some(ended),
+        };
+        // Stages end at shutdown by design; only a panic then is a failure.
+        let failed = failed.filter(|e| e.panic.is_some() || !self.shutdown.is_cancelled());
+        let failed = match failed {
+            // A stage whose input closed ends normally when the stage
+            // feeding it died: name the one that panicked.
+            Some(ended) if ended.panic.is_none() => Some(cause(ended, &mut pipeline, &mut tasks).await),
+            other => other,
+        };
+        let result = match failed {
+            None => Ok(()),
+            Some(ended) => {
+                let _ = self.health.failed.set(ended.stage);
+                let error = StageFailed(ended);
+                tracing::error!(stage = error.0.stage, error = %error, "a stage failed; stopping so that the gateway is restarted (the broker redelivers what was not acked)");
+                self.shutdown.cancel();
+                Err(error)
+            }
+        };
         tracing::info!("shutting down: finishing calls in flight");
-        if tokio::time::timeout(GRACE, pipeline.wait()).await.is_err() {
+        if tokio::time::timeout(GRACE, pipeline.join_all()).await.is_err() {
             tracing::warn!(
                 grace_secs = GRACE.as_secs(),
                 "calls still in flight after the grace period; the broker redelivers them"
             );
         }
-        stop_polling.cancel();
-        http_stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+        self.stop_polling.cancel();
+        self.http_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), tasks.join_all()).await.is_err() {
             tracing::warn!("some tasks did not stop in time");
         }
         tracing::info!("stopped");
-    });
-    Ok(Running { metrics_addr, metrics, hup, done })
+        result
+    }
 }
 
 /// How often an unreachable HA is probed.

@@ -1,5 +1,5 @@
 //! The small HTTP server: `GET /metrics` (Prometheus text), `/healthz`
-//! (alive) and `/readyz` (ready to carry commands, with the failing checks).
+//! (alive: 503 once a stage failed) and `/readyz` (ready to carry commands, with the failing checks).
 //!
 //! Read-only: it reports state owned elsewhere and changes nothing.
 
@@ -49,8 +49,18 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }
 
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, axum::Json(json!({"alive": true})))
+/// Alive unless a stage failed (the process is then stopping, to be restarted).
+pub fn liveness(health: &Health) -> (bool, serde_json::Value) {
+    match health.failed.get() {
+        None => (true, json!({"alive": true})),
+        Some(stage) => (false, json!({"alive": false, "failed_stage": stage})),
+    }
+}
+
+async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
+    let (alive, body) = liveness(&s.health);
+    let status = if alive { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body))
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {

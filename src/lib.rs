@@ -14,6 +14,7 @@
 //! - [`ack`]: PUBACKs in arrival order once outcomes are final.
 //! - [`metrics`], [`http`]: Prometheus metrics and health endpoints.
 //! - [`reload`]: SIGHUP / file change → new access rules and routes.
+//! - [`supervise`]: named stage tasks; one ending before shutdown is fatal.
 //! - [`app`]: wiring and shutdown; the only module that knows all others.
 //! - [`backoff`], [`bounds`]: pure helpers (jittered backoff; limits every stage agrees on).
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod publisher;
 pub mod queue;
 pub mod reload;
 pub mod routes;
+pub mod supervise;
 pub mod topic;
 pub mod translate;
 

@@ -1,8 +1,9 @@
 //! The `mqtt-ha-gateway` binary: command line, logging, signals, exit codes.
 //!
 //! Loads and validates the config before binding anything (exit 64 when it
-//! is invalid), runs until SIGTERM/SIGINT, then drains (exit 0). A fatal
-//! runtime error exits 1.
+//! is invalid), runs until SIGTERM/SIGINT, then drains (exit 0). A failure
+//! to start exits 1; a stage that fails while running exits 70, after the
+//! same drain, for the supervisor (Docker, systemd, Kubernetes) to restart.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use mqtt_ha_gateway::app::Options;
 use mqtt_ha_gateway::config::{self, Config, LogFormat};
 use mqtt_ha_gateway::reload::Reloader;
+use mqtt_ha_gateway::supervise::{FailStage, EXIT_STAGE_FAILED};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for an invalid configuration (EX_USAGE).
@@ -132,7 +134,9 @@ fn run(path: &PathBuf, dry_run: bool) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        let options = Options { dry_run, reloader: Some(reloader(path)) };
+        let fail_stage = injected_failure();
+        let trigger = fail_stage.as_ref().map(|f| f.trigger.clone());
+        let options = Options { dry_run, reloader: Some(reloader(path)), fail_stage };
         let running = match mqtt_ha_gateway::app::start(config, options, shutdown.clone()).await {
             Ok(r) => r,
             Err(e) => {
@@ -141,9 +145,28 @@ fn run(path: &PathBuf, dry_run: bool) -> ExitCode {
             }
         };
         tokio::spawn(signals.wait(shutdown.clone(), running.hup.clone()));
-        running.wait().await;
-        ExitCode::SUCCESS
+        if let Some(trigger) = trigger {
+            trigger.cancel();
+        }
+        match running.wait().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, exit_code = EXIT_STAGE_FAILED, "exiting after a stage failed");
+                ExitCode::from(EXIT_STAGE_FAILED)
+            }
+        }
     })
+}
+
+/// Debug builds only, for the supervision tests: `HA_GATEWAY_TEST_FAIL_STAGE=<stage>`
+/// makes that stage panic once the gateway has started. Release builds
+/// have no such hook. (Not `MQTT_HA_GATEWAY_*`: that prefix is config.)
+fn injected_failure() -> Option<FailStage> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let stage = std::env::var("HA_GATEWAY_TEST_FAIL_STAGE").ok().filter(|s| !s.is_empty())?;
+    Some(FailStage { stage, trigger: CancellationToken::new() })
 }
 
 /// SIGTERM/SIGINT (shut down) and SIGHUP (reload), installed before anything

@@ -262,6 +262,8 @@ pub struct Health {
     /// Woken when HA answers again after being unreachable: commands waiting
     /// out a connection error go at once instead of at their next backoff.
     pub ha_back: tokio::sync::Notify,
+    /// The stage whose failure is stopping the gateway: `/healthz` says dead.
+    pub failed: std::sync::OnceLock<&'static str>,
 }
 
 impl Health {

@@ -28,6 +28,8 @@ pub async fn watch_token(
     shutdown: CancellationToken,
 ) {
     if matches!(source, SecretSource::Inline(_)) {
+        // Nothing to watch; a stage ends only at shutdown.
+        shutdown.cancelled().await;
         return;
     }
     loop {

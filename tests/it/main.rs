@@ -14,5 +14,6 @@ mod observability;
 mod queue;
 mod routes;
 mod scale;
+mod supervision;
 mod support;
 mod transport;

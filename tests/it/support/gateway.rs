@@ -8,6 +8,7 @@ use std::time::Duration;
 use mqtt_ha_gateway::app::{self, Running};
 use mqtt_ha_gateway::config;
 use mqtt_ha_gateway::metrics::Metrics;
+use mqtt_ha_gateway::supervise::{FailStage, StageFailed};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +69,17 @@ impl Gateway {
     /// the same file (and overrides) on `hup()` and on file changes, as the
     /// binary does on SIGHUP.
     pub async fn start_with(config_file: &Path, overrides: &[(&str, &str)], reload: bool) -> Gateway {
+        Self::start_full(config_file, overrides, reload, None).await
+    }
+
+    /// Like `start_with`, with the stage named by `fail` panicking once its
+    /// trigger is cancelled (supervision tests).
+    pub async fn start_full(
+        config_file: &Path,
+        overrides: &[(&str, &str)],
+        reload: bool,
+        fail: Option<FailStage>,
+    ) -> Gateway {
         // RUST_LOG=mqtt_ha_gateway=debug shows the gateway's logs in test output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -84,7 +96,7 @@ impl Gateway {
                 watch: vec![config_file.to_path_buf(), config::routes_dir(config_file)],
             }
         });
-        let options = app::Options { dry_run: false, reloader };
+        let options = app::Options { dry_run: false, reloader, fail_stage: fail };
         let running = app::start(config, options, shutdown.clone()).await.expect("gateway starts");
         Gateway {
             metrics_addr: running.metrics_addr,
@@ -101,12 +113,21 @@ impl Gateway {
         }
     }
 
-    /// SIGTERM-equivalent: drains and waits.
+    /// SIGTERM-equivalent: drains and waits. Panics if a stage had failed.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(r) = self.running.take() {
-            tokio::time::timeout(Duration::from_secs(30), r.wait()).await.expect("gateway stops within 30 s");
+            let result =
+                tokio::time::timeout(Duration::from_secs(30), r.wait()).await.expect("gateway stops within 30 s");
+            result.expect("no stage failed while the gateway ran");
         }
+    }
+
+    /// Waits for the gateway to stop by itself (a stage failed), without
+    /// asking it to: its result.
+    pub async fn stopped(mut self, timeout: Duration) -> Result<(), StageFailed> {
+        let r = self.running.take().expect("the gateway runs");
+        tokio::time::timeout(timeout, r.wait()).await.expect("the gateway stopped by itself in time")
     }
 
     /// The value of one sample, e.g. `commands_total{outcome="done",reason=""}`
