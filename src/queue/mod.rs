@@ -13,6 +13,7 @@ mod slots;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -92,8 +93,7 @@ impl Executor {
             };
         }
         let idempotent = cmd.action.is_idempotent();
-        let mut attempt = 0u32;
-        let mut unreachable = 0u32;
+        let mut spent = Spent::default();
         let mut last: Option<HaError> = None;
         loop {
             if Instant::now() >= cmd.deadline {
@@ -137,26 +137,16 @@ impl Executor {
                 Ok(response) => return Outcome::done(response.status, response.changed),
                 Err(e) => e,
             };
-            let backoff_from = match error.retry(idempotent) {
-                Retry::No => return final_failure(error),
-                Retry::AfterAuth => {
+            let backoff_from = match next_after(&error, idempotent, &mut spent, self.max_attempts) {
+                Next::GiveUp => return final_failure(error),
+                Next::AwaitAuth => {
                     last = Some(error);
                     continue;
                 }
-                // HA never saw the call (restarting, updating, network
-                // down): spend no attempt; wait until it answers again or the
-                // command expires (`queue.max_age`).
-                Retry::Backoff if error.kind == HaErrorKind::Connect => {
-                    unreachable += 1;
-                    self.retry.delay(unreachable - 1)
-                }
-                Retry::Backoff => {
-                    attempt += 1;
-                    if attempt >= self.max_attempts.get() {
-                        return final_failure(error);
-                    }
-                    let delay = self.retry.delay(attempt - 1).max(error.retry_after.unwrap_or_default());
-                    if error.kind == HaErrorKind::RateLimited {
+                Next::AwaitHa { step } => self.retry.delay(step),
+                Next::Retry { step, at_least, pause_all } => {
+                    let delay = self.retry.delay(step).max(at_least);
+                    if pause_all {
                         // "Too many requests" is about all calls: hold them all.
                         tracing::info!(pause_ms = delay.as_millis() as u64, "home assistant asked to slow down");
                         self.limiter.pause(delay);
@@ -164,7 +154,7 @@ impl Executor {
                     delay
                 }
             };
-            tracing::debug!(action = %cmd.action.name(), attempt, error = %error, "retrying");
+            tracing::debug!(action = %cmd.action.name(), attempt = spent.attempts, error = %error, "retrying");
             self.metrics.retries.inc();
             let connect_error = error.kind == HaErrorKind::Connect;
             last = Some(error);
@@ -186,6 +176,57 @@ impl Executor {
                 Wait::Done => {}
                 Wait::Deadline => return expired(last),
                 Wait::Shutdown => return shutting_down(),
+            }
+        }
+    }
+}
+
+/// What a command has spent on failures so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Spent {
+    /// Failed attempts that count against `max_attempts`.
+    attempts: u32,
+    /// Attempts that never reached HA (connection refused); they count for
+    /// the backoff only.
+    unreachable: u32,
+}
+
+/// What a failed attempt leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Final: report the failure.
+    GiveUp,
+    /// The token was refused: wait for the auth gate, then try again.
+    AwaitAuth,
+    /// HA never saw the call: wait for backoff step `step` or until HA
+    /// answers again, spending no attempt.
+    AwaitHa { step: u32 },
+    /// Try again after backoff step `step`, at least `at_least`
+    /// (`Retry-After`); `pause_all` holds every call (a 429).
+    Retry { step: u32, at_least: Duration, pause_all: bool },
+}
+
+/// The retry decision after one failed attempt: pure, so its table is tested
+/// without HTTP or time.
+fn next_after(error: &HaError, idempotent: bool, spent: &mut Spent, max_attempts: NonZeroU32) -> Next {
+    match error.retry(idempotent) {
+        Retry::No => Next::GiveUp,
+        Retry::AfterAuth => Next::AwaitAuth,
+        // HA restarting, updating, network down: wait until it answers or
+        // the command expires (`queue.max_age`).
+        Retry::Backoff if error.kind == HaErrorKind::Connect => {
+            spent.unreachable += 1;
+            Next::AwaitHa { step: spent.unreachable - 1 }
+        }
+        Retry::Backoff => {
+            spent.attempts += 1;
+            if spent.attempts >= max_attempts.get() {
+                return Next::GiveUp;
+            }
+            Next::Retry {
+                step: spent.attempts - 1,
+                at_least: error.retry_after.unwrap_or_default(),
+                pause_all: error.kind == HaErrorKind::RateLimited,
             }
         }
     }
@@ -371,6 +412,46 @@ impl Dispatcher {
                 }
                 break;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HaErrorKind::*;
+
+    fn error(kind: HaErrorKind, retry_after: Option<u64>) -> HaError {
+        HaError { kind, status: None, retry_after: retry_after.map(Duration::from_secs), message: String::new() }
+    }
+
+    /// (kind, idempotent, Retry-After, spent before, max_attempts) → next, spent after.
+    #[test]
+    fn retry_decisions() {
+        let s = |attempts, unreachable| Spent { attempts, unreachable };
+        let retry = |step, secs, pause_all| Next::Retry { step, at_least: Duration::from_secs(secs), pause_all };
+        let table = [
+            (Rejected, true, None, s(0, 0), 3, Next::GiveUp, s(0, 0)),
+            (InvalidResponse, true, None, s(0, 0), 3, Next::GiveUp, s(0, 0)),
+            (Tls, true, None, s(0, 0), 3, Next::GiveUp, s(0, 0)),
+            (Unauthorized, true, None, s(1, 0), 3, Next::AwaitAuth, s(1, 0)),
+            (Server, true, None, s(0, 0), 3, retry(0, 0, false), s(1, 0)),
+            (Server, false, None, s(1, 0), 3, retry(1, 0, false), s(2, 0)),
+            (Server, true, None, s(2, 0), 3, Next::GiveUp, s(3, 0)),
+            (Server, true, None, s(0, 0), 1, Next::GiveUp, s(1, 0)),
+            (RateLimited, true, Some(2), s(0, 0), 3, retry(0, 2, true), s(1, 0)),
+            (Timeout, true, None, s(0, 0), 3, retry(0, 0, false), s(1, 0)),
+            (Timeout, false, None, s(0, 0), 3, Next::GiveUp, s(0, 0)),
+            (Transport, false, None, s(0, 0), 3, Next::GiveUp, s(0, 0)),
+            // Connection refused spends no attempt, however many.
+            (Connect, true, None, s(2, 0), 3, Next::AwaitHa { step: 0 }, s(2, 1)),
+            (Connect, false, None, s(0, 40), 1, Next::AwaitHa { step: 40 }, s(0, 41)),
+        ];
+        for (kind, idempotent, after, before, max, want, spent_after) in table {
+            let mut spent = before;
+            let max = NonZeroU32::new(max).unwrap();
+            let got = next_after(&error(kind, after), idempotent, &mut spent, max);
+            assert_eq!((got, spent), (want, spent_after), "{kind:?} idempotent={idempotent} after {before:?}");
         }
     }
 }
