@@ -7,6 +7,7 @@ pub mod fake_ha;
 pub mod fake_ws;
 pub mod gateway;
 pub mod proxy;
+pub mod skip;
 
 use std::path::PathBuf;
 
