@@ -8,6 +8,7 @@ pub mod fake_ws;
 pub mod gateway;
 pub mod proxy;
 pub mod skip;
+pub mod taking_broker;
 
 use std::path::PathBuf;
 
