@@ -107,6 +107,7 @@ map = { single = "light.turn_on:light.new" }
     )
     .unwrap();
     gateway.hup();
+    gateway.wait_metric(r#"config_reloads_total{result="applied"}"#, T, |v| v >= 1.0).await;
     // Until the new subscription is active, publish repeatedly (each press is a new message).
     let deadline = tokio::time::Instant::now() + T;
     loop {
@@ -137,13 +138,17 @@ map = { single = "light.turn_on:light.new" }
     assert_eq!(rig.ha.calls().iter().filter(|c| c.domain == "scene").count(), 10);
 
     // An invalid config is refused; the old rules stay.
+    let applied = gateway.metric(r#"config_reloads_total{result="applied"}"#);
     std::fs::write(
         rig.dir.path().join("routes.d/main.toml"),
         "[[route]]\ntopic = \"a/#/b\"\nservice = \"light.toggle\"\n",
     )
     .unwrap();
     gateway.hup();
-    // Let the reloader try (it logs the refusal), then show the routes still work.
+    // The reloader ran and refused it (it logs every problem), then the
+    // routes still work.
+    gateway.wait_metric(r#"config_reloads_total{result="refused"}"#, T, |v| v >= 1.0).await;
+    assert_eq!(gateway.metric(r#"config_reloads_total{result="applied"}"#), applied, "the invalid config was applied");
     let before = rig.ha.calls().len();
     let deadline = tokio::time::Instant::now() + T;
     loop {
@@ -163,6 +168,7 @@ map = { single = "light.turn_on:light.new" }
     );
     std::fs::write(&rig.config, text).unwrap();
     gateway.hup();
+    gateway.wait_metric(r#"config_reloads_total{result="applied"}"#, T, |v| v > applied).await;
     let deadline = tokio::time::Instant::now() + T;
     loop {
         if rig.client.call("light.turn_on", r#"{"entity_id":"light.x"}"#).await["error"] == "service_denied" {
