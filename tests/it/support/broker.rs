@@ -2,7 +2,7 @@
 //!
 //! Where `mosquitto` is not installed the test is skipped (see `skip`); under
 //! CI (`CI=true`) a missing broker fails the test instead.
-//! `MQTT_HA_GATEWAY_TEST_NO_BROKER=1` makes it look missing (to see a skip).
+//! `MQTT_HA_TEST_NO_BROKER=1` makes it look missing (to see a skip).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -18,9 +18,9 @@ pub struct Broker {
     persistent: bool,
 }
 
-/// `MQTT_HA_GATEWAY_TEST_NO_BROKER=1`: behave as if Mosquitto were not installed.
+/// `MQTT_HA_TEST_NO_BROKER=1`: behave as if Mosquitto were not installed.
 pub fn hidden() -> bool {
-    std::env::var("MQTT_HA_GATEWAY_TEST_NO_BROKER").is_ok_and(|v| v == "1")
+    std::env::var("MQTT_HA_TEST_NO_BROKER").is_ok_and(|v| v == "1")
 }
 
 fn find_mosquitto() -> Option<PathBuf> {

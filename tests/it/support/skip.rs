@@ -1,20 +1,22 @@
 //! Skipping a test whose peer (Mosquitto, Home Assistant) cannot run here,
 //! visibly: outside CI the test says `SKIPPED` and passes, and appends
-//! `tier<TAB>test<TAB>reason` to the file named by `MQTT_HA_GATEWAY_SKIP_LOG`
+//! `tier<TAB>test<TAB>reason` to the file named by `MQTT_HA_TEST_SKIP_LOG`
 //! (set by `scripts/test`, which prints a summary of the tiers from it).
 //! Under CI (`CI=true`) every tier must run: a missing peer fails the test.
 
 use std::io::Write;
 
-/// The environment variable naming the skip log.
-pub const SKIP_LOG: &str = "MQTT_HA_GATEWAY_SKIP_LOG";
+/// The environment variable naming the skip log. (Not `MQTT_HA_GATEWAY_…`:
+/// the gateway binary reads those as config overrides.)
+pub const SKIP_LOG: &str = "MQTT_HA_TEST_SKIP_LOG";
 
-/// The tier of the test binary this harness is compiled into.
+/// The tier of the test binary this harness is compiled into (the
+/// benchmark, run in test mode by `cargo test --all-targets`, uses it too).
 fn tier() -> &'static str {
     match env!("CARGO_CRATE_NAME") {
         "it" => "integration",
         "e2e" => "e2e",
-        other => other,
+        _ => "bench",
     }
 }
 
