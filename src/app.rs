@@ -195,7 +195,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         watch_token(config.home_assistant.token.clone(), token_tx, hup_rx.clone(), shutdown.clone()),
     );
     if let Some(reloader) = options.reloader {
-        tasks.spawn("reloader", reloader.run(rules_tx, hup_rx, shutdown.clone()));
+        tasks.spawn("reloader", reloader.run(rules_tx, hup_rx, metrics.clone(), shutdown.clone()));
     }
     let websocket_url = config.home_assistant.websocket_url.clone().unwrap_or_else(|| ha.websocket_url());
     let tls = match websocket_url.scheme() {

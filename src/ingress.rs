@@ -267,6 +267,18 @@ pub struct Ingress {
     pub dedupe: Option<Dedupe>,
 }
 
+/// The broker closed the connection with DISCONNECT 0x8E (Session taken
+/// over): another client connected with our client id.
+fn is_taken_over(e: &rumqttc::v5::ConnectionError) -> bool {
+    matches!(
+        e,
+        rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+            reason_code: DisconnectReasonCode::SessionTakenOver,
+            ..
+        })
+    )
+}
+
 impl Ingress {
     /// Polls the event loop until `stop_polling`. After `stop_taking` no new
     /// command is taken (they stay unacked for the next session) but results
@@ -274,7 +286,6 @@ impl Ingress {
     pub async fn run(mut self, outputs: Outputs, stop_taking: CancellationToken, stop_polling: CancellationToken) {
         let mut outputs = Some(outputs);
         let mut failures = 0u32;
-        let mut taken_over = false;
         let mut connected_at: Option<Instant> = None;
         let mut connected_once = false;
         loop {
@@ -342,19 +353,10 @@ impl Ingress {
                     }
                 }
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
-                    if d.reason_code == DisconnectReasonCode::SessionTakenOver {
-                        // Another client uses our client_id. Reconnecting at once
-                        // would take it back and start a fight: wait the longest pause.
-                        taken_over = true;
-                        self.metrics.mqtt_taken_over.inc();
-                        tracing::error!(
-                            client_id = %self.config.client_id,
-                            "another client connected with this client_id and took over the session; \
-                             give every gateway instance its own mqtt.client_id"
-                        );
-                    } else {
-                        tracing::warn!(reason = ?d.reason_code, "the broker closed the connection");
-                    }
+                    // rumqttc reports a broker's DISCONNECT as the error that
+                    // ends the connection (handled below), and once more, queued,
+                    // as this event on the next poll: nothing left to do here.
+                    tracing::debug!(reason = ?d.reason_code, "the broker's disconnect (handled when it closed)");
                 }
                 Ok(_) => {}
                 // Our own DISCONNECT (to get the shed commands back) went out;
@@ -369,14 +371,22 @@ impl Ingress {
                 }
                 Err(e) => {
                     self.on_disconnect();
+                    let taken_over = is_taken_over(&e);
+                    if taken_over {
+                        // Another client uses our client_id. Reconnecting at once
+                        // would take it back and start a fight: wait the longest pause.
+                        self.metrics.mqtt_taken_over.inc();
+                        tracing::error!(
+                            client_id = %self.config.client_id,
+                            "another client connected with this client_id and took over the session; \
+                             give every gateway instance its own mqtt.client_id"
+                        );
+                    }
                     if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
                         failures = 0;
                     }
-                    let delay = if std::mem::take(&mut taken_over) {
-                        self.config.reconnect.max()
-                    } else {
-                        self.config.reconnect.delay(failures)
-                    };
+                    let delay =
+                        if taken_over { self.config.reconnect.max() } else { self.config.reconnect.delay(failures) };
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
                     tokio::select! {
@@ -844,6 +854,20 @@ fn parsed_service(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_disconnect_saying_session_taken_over_is_a_takeover() {
+        use rumqttc::v5::{ConnectionError, StateError};
+        let server =
+            |reason_code| ConnectionError::MqttState(StateError::ServerDisconnect { reason_code, reason_string: None });
+        for (e, expected) in [
+            (server(DisconnectReasonCode::SessionTakenOver), true),
+            (server(DisconnectReasonCode::ServerShuttingDown), false),
+            (ConnectionError::MqttState(StateError::ConnectionAborted), false),
+        ] {
+            assert_eq!(is_taken_over(&e), expected, "{e}");
+        }
+    }
 
     fn parked(seq: u64) -> Parked {
         let publish = Publish::new("ha-gateway/call/light/turn_on", QoS::AtLeastOnce, "{}", None);

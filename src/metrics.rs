@@ -55,6 +55,8 @@ pub struct Metrics {
     pub state_publishes: IntCounter,
     /// `[metrics.entities]`: HA states as gauges.
     pub ha_entity_state: GaugeVec,
+    /// Config reloads by `result`: `applied` or `refused` (invalid).
+    pub config_reloads: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -158,6 +160,12 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("each metric is registered once");
                 g
             },
+            config_reloads: counter_vec(
+                &r,
+                "config_reloads_total",
+                "Config reloads (SIGHUP, changed files): applied, or refused as invalid",
+                &["result"],
+            ),
             registry: r,
         };
         for code in ErrorCode::ALL {
@@ -181,6 +189,9 @@ impl Metrics {
             .expect("the process collector is registered once");
         for kind in ["call", "set", "get", "route", "other"] {
             m.messages_received.with_label_values(&[kind]);
+        }
+        for result in ["applied", "refused"] {
+            m.config_reloads.with_label_values(&[result]);
         }
         m
     }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
 use crate::ingress::Rules;
+use crate::metrics::Metrics;
 
 /// How often the config files are looked at.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -47,11 +48,13 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
 }
 
 impl Reloader {
-    /// Watches until `shutdown`; sends new rules on `rules`.
+    /// Watches until `shutdown`; sends new rules on `rules`; counts each
+    /// reload in `mqtt_ha_gateway_config_reloads_total{result}`.
     pub async fn run(
         self,
         rules: watch::Sender<Arc<Rules>>,
         mut hup: watch::Receiver<u64>,
+        metrics: Metrics,
         shutdown: CancellationToken,
     ) {
         let mut seen = fingerprint(&self.watch);
@@ -70,12 +73,14 @@ impl Reloader {
                 Ok(config) => {
                     let routes = config.routes.len();
                     rules.send_replace(Arc::new(Rules { access: config.access, routes: config.routes }));
+                    metrics.config_reloads.with_label_values(&["applied"]).inc();
                     tracing::info!(routes, "configuration reloaded: access rules and routes replaced");
                 }
                 Err(errors) => {
                     for e in &errors.0 {
                         tracing::error!(key = %e.key, problem = %e.message, "reload refused: invalid configuration");
                     }
+                    metrics.config_reloads.with_label_values(&["refused"]).inc();
                     tracing::error!(problems = errors.0.len(), "reload refused; the previous configuration stays");
                 }
             }

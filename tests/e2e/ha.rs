@@ -1,7 +1,7 @@
 //! A real Home Assistant Core, through the scripts in `tests/ha/`.
 //!
-//! Without Python 3.11 the tier says SKIPPED; under CI (`CI=true`) that is a
-//! failure instead.
+//! Without Python 3.11 the tier is skipped (see `support::skip`); under CI
+//! (`CI=true`) that is a failure instead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,10 +37,7 @@ impl Ha {
     /// this machine cannot run one and we are not in CI.
     pub fn start(test: &str) -> Option<Ha> {
         if !python_ok() {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{test}: Python 3.11 is required for the Home Assistant tier");
-            }
-            eprintln!("SKIPPED {test}: Python 3.11 not found (set MQTT_HA_GATEWAY_PYTHON)");
+            crate::support::skip::skip(test, "Python 3.11 not found for Home Assistant (set MQTT_HA_GATEWAY_PYTHON)");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! Routes through the whole gateway: one message fanning out to several
 //! calls, results naming the route, and reloading routes and access rules
-//! without losing or re-running queued commands.
+//! without losing or re-running queued commands; a debounced route at run time.
 
 use std::time::Duration;
 
@@ -107,6 +107,7 @@ map = { single = "light.turn_on:light.new" }
     )
     .unwrap();
     gateway.hup();
+    gateway.wait_metric(r#"config_reloads_total{result="applied"}"#, T, |v| v >= 1.0).await;
     // Until the new subscription is active, publish repeatedly (each press is a new message).
     let deadline = tokio::time::Instant::now() + T;
     loop {
@@ -137,13 +138,17 @@ map = { single = "light.turn_on:light.new" }
     assert_eq!(rig.ha.calls().iter().filter(|c| c.domain == "scene").count(), 10);
 
     // An invalid config is refused; the old rules stay.
+    let applied = gateway.metric(r#"config_reloads_total{result="applied"}"#);
     std::fs::write(
         rig.dir.path().join("routes.d/main.toml"),
         "[[route]]\ntopic = \"a/#/b\"\nservice = \"light.toggle\"\n",
     )
     .unwrap();
     gateway.hup();
-    // Let the reloader try (it logs the refusal), then show the routes still work.
+    // The reloader ran and refused it (it logs every problem), then the
+    // routes still work.
+    gateway.wait_metric(r#"config_reloads_total{result="refused"}"#, T, |v| v >= 1.0).await;
+    assert_eq!(gateway.metric(r#"config_reloads_total{result="applied"}"#), applied, "the invalid config was applied");
     let before = rig.ha.calls().len();
     let deadline = tokio::time::Instant::now() + T;
     loop {
@@ -163,6 +168,7 @@ map = { single = "light.turn_on:light.new" }
     );
     std::fs::write(&rig.config, text).unwrap();
     gateway.hup();
+    gateway.wait_metric(r#"config_reloads_total{result="applied"}"#, T, |v| v > applied).await;
     let deadline = tokio::time::Instant::now() + T;
     loop {
         if rig.client.call("light.turn_on", r#"{"entity_id":"light.x"}"#).await["error"] == "service_denied" {
@@ -170,5 +176,53 @@ map = { single = "light.turn_on:light.new" }
         }
         assert!(tokio::time::Instant::now() < deadline, "access rules never reloaded");
     }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_debounced_route_calls_once_with_the_last_value_after_the_quiet_time() {
+    const DIMMER: &str = r#"
+[[route]]
+name = "dimmer"
+topic = "zigbee2mqtt/dimmer"
+service = "light.turn_on"
+entity_id = "light.dimmer"
+data = { brightness = "{{ value_json.level }}" }
+debounce = "300ms"
+"#;
+    let Some(mut rig) = rig("routes_debounce", DIMMER).await else { return };
+    let gateway = Gateway::start(&rig.config, &[]).await;
+    rig.client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    // A knob turned: ten levels, 20 ms apart, each well within the quiet time.
+    const N: u64 = 10;
+    let mut last_sent = tokio::time::Instant::now();
+    for level in 1..=N {
+        last_sent = tokio::time::Instant::now();
+        rig.device.publish("zigbee2mqtt/dimmer", json!({"level": level * 10}).to_string()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = rig.ha.wait_calls(T, "the debounced call", |c| !c.is_empty()).await;
+    // Every message is accounted for: one done, the others debounced; so no
+    // further call can come.
+    let (done, debounced) =
+        (r#"commands_total{outcome="done",reason=""}"#, r#"commands_total{outcome="ignored",reason="debounced"}"#);
+    let deadline = tokio::time::Instant::now() + T;
+    while gateway.metric(done) + gateway.metric(debounced) < N as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "not every message reached an outcome");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.wait_metric("acks_pending", T, |v| v == 0.0).await;
+    let calls_now = rig.ha.calls();
+    assert_eq!(
+        calls_now.len(),
+        1,
+        "one call for the burst: {:?}",
+        calls_now.iter().map(|c| &c.body).collect::<Vec<_>>()
+    );
+    assert_eq!(calls[0].body, json!({"entity_id": "light.dimmer", "brightness": 100}), "the last value");
+    let quiet = calls[0].at - last_sent;
+    assert!(quiet >= Duration::from_millis(300), "called {quiet:?} after the last message, before the quiet time");
+    assert_eq!(gateway.metric(debounced), (N - 1) as f64, "the earlier ones are counted as debounced");
+    assert_eq!(gateway.metric(done), 1.0);
     gateway.stop().await;
 }

@@ -3,9 +3,14 @@
 //! the token; keeps entity states that calls change and tests set, and sends
 //! `state_changed` events to websocket subscribers (see `fake_ws`).
 //!
+//! It also watches concurrency: calls for one entity that overlap in time
+//! (the gateway must run them one after another) are recorded as
+//! violations, and the peak number of calls in flight is kept (different
+//! entities are meant to overlap).
+//!
 //! For fast logic and fault tests only; the real-HA tier proves the real thing.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +57,12 @@ pub(super) struct Inner {
     clock: u64,
     unauthorized: usize,
     in_flight: usize,
+    /// The most calls in flight at once.
+    max_in_flight: usize,
+    /// Per entity id, its calls in flight now.
+    entity_in_flight: HashMap<String, usize>,
+    /// Entity ids that had a call start while another of theirs was in flight.
+    overlaps: Vec<String>,
     script: VecDeque<Reply>,
     delay: Duration,
     pub(super) token: String,
@@ -157,6 +168,17 @@ impl FakeHa {
         self.inner.lock().unwrap().in_flight
     }
 
+    /// The most service calls that were in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.lock().unwrap().max_in_flight
+    }
+
+    /// Entity ids (one per violation) whose call started while another call
+    /// for the same entity was still in flight.
+    pub fn same_entity_overlaps(&self) -> Vec<String> {
+        self.inner.lock().unwrap().overlaps.clone()
+    }
+
     /// Sets (or creates) an entity's state, as a device or HA itself would;
     /// subscribers get a `state_changed` event. Returns the new state object.
     pub fn set_state(&self, entity_id: &str, state: &str, attributes: Value) -> Value {
@@ -230,6 +252,53 @@ async fn api_root(State(ha): State<FakeHa>, headers: HeaderMap) -> Response {
     axum::Json(json!({"message": "API running."})).into_response()
 }
 
+/// The entity ids a service call's body targets (a string, comma-separated
+/// or not, or a list).
+fn entity_ids(body: &Value) -> Vec<String> {
+    match body.get("entity_id") {
+        Some(Value::String(s)) => s.split(',').map(|s| s.trim().to_owned()).collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => vec![],
+    }
+}
+
+/// One service call in flight; dropping it (answered, or the client gave
+/// up and the handler was cancelled) ends it.
+struct InFlight {
+    inner: Arc<Mutex<Inner>>,
+    ids: Vec<String>,
+}
+
+impl InFlight {
+    /// Counts the call and records a same-entity overlap.
+    fn begin(inner: &Arc<Mutex<Inner>>, ids: Vec<String>) -> InFlight {
+        let mut guard = inner.lock().unwrap();
+        let i = &mut *guard;
+        i.in_flight += 1;
+        i.max_in_flight = i.max_in_flight.max(i.in_flight);
+        for id in &ids {
+            let n = i.entity_in_flight.entry(id.clone()).or_default();
+            if *n > 0 {
+                i.overlaps.push(id.clone());
+            }
+            *n += 1;
+        }
+        InFlight { inner: inner.clone(), ids }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut i = self.inner.lock().unwrap();
+        i.in_flight -= 1;
+        for id in &self.ids {
+            if let Some(n) = i.entity_in_flight.get_mut(id) {
+                *n -= 1;
+            }
+        }
+    }
+}
+
 impl Inner {
     /// Stores a state with a fresh, strictly increasing `last_updated`.
     fn put(&mut self, entity_id: &str, state: &str, attributes: Value) -> Value {
@@ -285,11 +354,11 @@ async fn service(
             authorization,
             at: Instant::now(),
         });
-        inner.in_flight += 1;
     }
+    let in_flight = InFlight::begin(&ha.inner, entity_ids(&body));
     ha.changed.notify_waiters();
     tokio::time::sleep(delay).await;
-    ha.inner.lock().unwrap().in_flight -= 1;
+    drop(in_flight);
     match reply {
         Some(r) if r.status != 200 => {
             let mut resp = (StatusCode::from_u16(r.status).unwrap(), format!("{}: scripted", r.status)).into_response();
@@ -309,11 +378,7 @@ impl FakeHa {
     /// What HA would do: the targeted entities of the domain take a plausible
     /// new state, stored, sent as events, and returned as "changed".
     fn apply(&self, domain: &str, service: &str, body: &Value) -> Value {
-        let ids: Vec<String> = match body.get("entity_id") {
-            Some(Value::String(s)) => s.split(',').map(|s| s.trim().to_owned()).collect(),
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-            _ => vec![],
-        };
+        let ids = entity_ids(body);
         let state = if service == "turn_off" { "off" } else { "on" };
         let changed: Vec<Value> = ids
             .into_iter()

@@ -7,6 +7,8 @@ pub mod fake_ha;
 pub mod fake_ws;
 pub mod gateway;
 pub mod proxy;
+pub mod skip;
+pub mod taking_broker;
 
 use std::path::PathBuf;
 
