@@ -285,6 +285,7 @@ fn report(command: Command, outcome: Outcome, call: Option<Value>) -> Report {
         route: command.route,
         call,
         origin: Some(command.origin),
+        backlog: None,
     }
 }
 
