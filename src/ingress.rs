@@ -160,11 +160,18 @@ impl Overflow {
 }
 
 /// `queue.dedupe_window`: the correlations of recent commands, per topic.
+///
+/// Only a 64-bit hash of each (topic, correlation) is kept, not the key
+/// itself (up to ~1 KiB): keyed by a `RandomState` made for this window, so
+/// a publisher cannot craft colliding keys. Among at most [`Dedupe::MAX`]
+/// remembered hashes the chance that a new key collides with one (and is
+/// refused as a duplicate) is below 100 000 / 2^64 ≈ 5·10^-15.
 #[derive(Debug)]
 pub struct Dedupe {
     window: Duration,
-    seen: HashSet<String>,
-    order: VecDeque<(Instant, String)>,
+    keys: std::collections::hash_map::RandomState,
+    seen: HashSet<u64>,
+    order: VecDeque<(Instant, u64)>,
 }
 
 impl Dedupe {
@@ -172,7 +179,7 @@ impl Dedupe {
     const MAX: usize = 100_000;
 
     pub fn new(window: Duration) -> Self {
-        Self { window, seen: HashSet::new(), order: VecDeque::new() }
+        Self { window, keys: Default::default(), seen: HashSet::new(), order: VecDeque::new() }
     }
 
     /// Whether this (topic, correlation) is new within the window; remembers it.
@@ -184,12 +191,21 @@ impl Dedupe {
             self.seen.remove(key);
             self.order.pop_front();
         }
-        let key = format!("{topic}\u{0}{correlation}");
-        if !self.seen.insert(key.clone()) {
+        let key = self.key(topic, correlation);
+        if !self.seen.insert(key) {
             return false;
         }
         self.order.push_back((now, key));
         true
+    }
+
+    fn key(&self, topic: &str, correlation: &serde_json::Value) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.keys.build_hasher();
+        // `str`'s Hash ends with a separator: ("ab", "c") and ("a", "bc") differ.
+        topic.hash(&mut h);
+        correlation.to_string().hash(&mut h);
+        h.finish()
     }
 }
 
@@ -902,6 +918,11 @@ mod tests {
         assert!(!d.first("t", &serde_json::json!(1), t0), "all remembered");
         assert!(d.first("t", &serde_json::json!("one more"), t0), "the oldest makes room");
         assert!(d.first("t", &serde_json::json!(0), t0), "the oldest was forgotten");
+
+        // A remembered key costs the same whatever its length: a hash.
+        let mut d = Dedupe::new(window);
+        assert!(d.first(&"t".repeat(500), &c(&"x".repeat(500)), t0));
+        assert_eq!(std::mem::size_of_val(&d.order[0].1), 8, "a 64-bit hash per key, not the key");
     }
 
     /// An ingress on the default config, never connected: its steps are
