@@ -187,6 +187,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         max_age: config.queue.max_age,
         limits: config.limits,
         dedupe: config.queue.dedupe_window.map(ingress::Dedupe::new),
+        backlog: Default::default(),
     };
     let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };
     tasks.spawn("ingress", ingress.run(outputs, shutdown.clone(), stop_polling.clone()));

@@ -30,7 +30,7 @@ use crate::command::{Action, Command, ErrorCode, Origin, ReplyTo};
 use crate::config::MqttConfig;
 use crate::metrics::{Health, Metrics};
 use crate::mirror::StateFilter;
-use crate::publisher::Report;
+use crate::publisher::{Backlog, Report};
 use crate::queue::Slots;
 use crate::routes::{RouteResult, RouteTable};
 use crate::topic::CommandTopic;
@@ -156,11 +156,18 @@ impl Overflow {
 }
 
 /// `queue.dedupe_window`: the correlations of recent commands, per topic.
+///
+/// Only a 64-bit hash of each (topic, correlation) is kept, not the key
+/// itself (up to ~1 KiB): keyed by a `RandomState` made for this window, so
+/// a publisher cannot craft colliding keys. Among at most [`Dedupe::MAX`]
+/// remembered hashes the chance that a new key collides with one (and is
+/// refused as a duplicate) is below 100 000 / 2^64 ≈ 5·10^-15.
 #[derive(Debug)]
 pub struct Dedupe {
     window: Duration,
-    seen: HashSet<String>,
-    order: VecDeque<(Instant, String)>,
+    keys: std::collections::hash_map::RandomState,
+    seen: HashSet<u64>,
+    order: VecDeque<(Instant, u64)>,
 }
 
 impl Dedupe {
@@ -168,7 +175,7 @@ impl Dedupe {
     const MAX: usize = 100_000;
 
     pub fn new(window: Duration) -> Self {
-        Self { window, seen: HashSet::new(), order: VecDeque::new() }
+        Self { window, keys: Default::default(), seen: HashSet::new(), order: VecDeque::new() }
     }
 
     /// Whether this (topic, correlation) is new within the window; remembers it.
@@ -180,12 +187,21 @@ impl Dedupe {
             self.seen.remove(key);
             self.order.pop_front();
         }
-        let key = format!("{topic}\u{0}{correlation}");
-        if !self.seen.insert(key.clone()) {
+        let key = self.key(topic, correlation);
+        if !self.seen.insert(key) {
             return false;
         }
         self.order.push_back((now, key));
         true
+    }
+
+    fn key(&self, topic: &str, correlation: &serde_json::Value) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.keys.build_hasher();
+        // `str`'s Hash ends with a separator: ("ab", "c") and ("a", "bc") differ.
+        topic.hash(&mut h);
+        correlation.to_string().hash(&mut h);
+        h.finish()
     }
 }
 
@@ -265,6 +281,8 @@ pub struct Ingress {
     pub limits: Limits,
     /// `queue.dedupe_window`: correlations seen recently.
     pub dedupe: Option<Dedupe>,
+    /// Rejections of QoS 0 messages waiting for the publisher.
+    pub backlog: Backlog,
 }
 
 /// The broker closed the connection with DISCONNECT 0x8E (Session taken
@@ -591,6 +609,7 @@ impl Ingress {
 
     /// Parses, checks and queues one command, or reports why not.
     fn admit(&mut self, incoming: Parked, out: &Outputs) {
+        let qos = incoming.publish.qos;
         if incoming.publish.topic.len() > self.limits.max_topic_length {
             let topic = String::from_utf8_lossy(&incoming.publish.topic);
             let shown: String = topic.chars().take(64).collect();
@@ -603,7 +622,7 @@ impl Ingress {
                 detail,
             );
             self.metrics.messages_received.with_label_values(&["other"]).inc();
-            let _ = out.reports.send(report);
+            self.reject(out, qos, report);
             return;
         }
         if !self.is_command_topic(&incoming.publish.topic) {
@@ -633,18 +652,17 @@ impl Ingress {
             ..Report::rejected(seq, received_at, topic.clone(), code, detail)
         };
         if publish.retain {
-            let _ = out.reports.send(reject(
-                ErrorCode::Retained,
-                parsed_service(&parsed),
-                reply,
-                "retained command ignored".into(),
-            ));
+            self.reject(
+                out,
+                qos,
+                reject(ErrorCode::Retained, parsed_service(&parsed), reply, "retained command ignored".into()),
+            );
             return;
         }
         let parsed = match parsed {
             Ok(p) => p,
             Err(e) => {
-                let _ = out.reports.send(reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
+                self.reject(out, qos, reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
                 return;
             }
         };
@@ -652,7 +670,7 @@ impl Ingress {
             Ok(t) => t,
             Err(refused) => {
                 reply.correlation = refused.correlation;
-                let _ = out.reports.send(reject(refused.code, parsed_service(&Ok(parsed)), reply, refused.detail));
+                self.reject(out, qos, reject(refused.code, parsed_service(&Ok(parsed)), reply, refused.detail));
                 return;
             }
         };
@@ -665,16 +683,14 @@ impl Ingress {
             let old = now.duration_since(sent).is_ok_and(|age| age > self.max_age);
             let future = sent.duration_since(now).is_ok_and(|ahead| ahead > Duration::from_secs(60));
             if old || future {
-                let _ =
-                    out.reports.send(reject(ErrorCode::Stale, service, reply, "ts is outside queue.max_age".into()));
+                self.reject(out, qos, reject(ErrorCode::Stale, service, reply, "ts is outside queue.max_age".into()));
                 return;
             }
         }
         if let (Some(dedupe), Some(correlation)) = (&mut self.dedupe, &reply.correlation) {
             if !dedupe.first(&topic, correlation, received_at) {
                 self.metrics.duplicates.inc();
-                let _ =
-                    out.reports.send(reject(ErrorCode::Duplicate, service, reply, "correlation seen before".into()));
+                self.reject(out, qos, reject(ErrorCode::Duplicate, service, reply, "correlation seen before".into()));
                 return;
             }
         }
@@ -698,17 +714,16 @@ impl Ingress {
                 .map(|code| (code, format!("reading {entity} refused by [access]"))),
         };
         if let Some((code, detail)) = denied {
-            let _ = out.reports.send(reject(code, service, reply, detail));
+            self.reject(out, qos, reject(code, service, reply, detail));
             return;
         }
         let Some(held) = self.slots.try_take() else {
             // Only QoS 0 gets here with the queue full (QoS 1 was parked).
-            let _ = out.reports.send(reject(
-                ErrorCode::QueueFull,
-                service,
-                reply,
-                "queue full; QoS 0 command dropped".into(),
-            ));
+            self.reject(
+                out,
+                qos,
+                reject(ErrorCode::QueueFull, service, reply, "queue full; QoS 0 command dropped".into()),
+            );
             return;
         };
         self.metrics.queue_depth.set(held as i64);
@@ -730,11 +745,12 @@ impl Ingress {
     /// all of them are final, at once if no route applies.
     fn admit_routed(&mut self, incoming: Parked, out: &Outputs) {
         let Parked { publish, seq, received_at } = incoming;
+        let qos = publish.qos;
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         self.metrics.messages_received.with_label_values(&["route"]).inc();
         let rules = Arc::clone(&self.rules.borrow());
         if let Err(refused) = self.limits.check_size(&publish.payload) {
-            let _ = out.reports.send(Report::rejected(seq, received_at, topic, refused.code, refused.detail));
+            self.reject(out, qos, Report::rejected(seq, received_at, topic, refused.code, refused.detail));
             return;
         }
         let ids = publish.properties.as_ref().map(|p| p.subscription_identifiers.as_slice()).unwrap_or_default();
@@ -747,7 +763,7 @@ impl Ingress {
             return;
         }
         self.tracker.lock().expect("ack tracker lock is never poisoned").set_parts(seq, parts);
-        let qos0 = publish.qos == QoS::AtMostOnce;
+        let qos0 = qos == QoS::AtMostOnce;
         for result in results {
             let report = |route, code, service, detail: String| Report {
                 service,
@@ -758,7 +774,7 @@ impl Ingress {
                 RouteResult::Skipped { .. } => continue,
                 RouteResult::Failed { route, code, detail } => {
                     tracing::debug!(route = %route, error = %code, detail, "route failed");
-                    let _ = out.reports.send(report(route, code, None, detail));
+                    self.reject(out, qos, report(route, code, None, detail));
                     continue;
                 }
                 RouteResult::Call { route, call, flow, flow_key } => {
@@ -768,18 +784,17 @@ impl Ingress {
             let service = Some((call.domain.clone(), call.service.clone()));
             if let Err(code) = rules.access.authorize(&call, &topic) {
                 let detail = format!("{} refused by [access] ({code})", call.name());
-                let _ = out.reports.send(report(route, code, service, detail));
+                self.reject(out, qos, report(route, code, service, detail));
                 continue;
             }
             // A QoS 1 message was admitted for its slot; its further calls take theirs too.
             let held = if qos0 { self.slots.try_take() } else { Some(self.slots.take()) };
             let Some(held) = held else {
-                let _ = out.reports.send(report(
-                    route,
-                    ErrorCode::QueueFull,
-                    service,
-                    "queue full; QoS 0 message dropped".into(),
-                ));
+                self.reject(
+                    out,
+                    qos,
+                    report(route, ErrorCode::QueueFull, service, "queue full; QoS 0 message dropped".into()),
+                );
                 continue;
             };
             self.metrics.queue_depth.set(held as i64);
@@ -799,6 +814,30 @@ impl Ingress {
                 self.slots.release();
             }
         }
+    }
+
+    /// Hands a rejection to the publisher. A QoS 0 message's holds nothing
+    /// but memory (no ack owed, no queue slot), and the publisher waits for
+    /// the broker: at most [`Backlog::LIMIT`] of them wait, and beyond that
+    /// the result is dropped, counted and logged (at most every 10 s). A QoS
+    /// 1 message's carries its ack: never dropped.
+    fn reject(&mut self, out: &Outputs, qos: QoS, mut report: Report) {
+        if qos == QoS::AtMostOnce {
+            let Some(place) = self.backlog.place() else {
+                self.metrics.outcome(&report.outcome);
+                self.metrics.results_dropped.with_label_values(&["backlog"]).inc();
+                if let Some(suppressed) = self.backlog.dropped(Instant::now()) {
+                    tracing::warn!(
+                        waiting = Backlog::LIMIT,
+                        similar_suppressed = suppressed,
+                        "results of rejected QoS 0 messages wait for the broker; dropping further ones"
+                    );
+                }
+                return;
+            };
+            report.backlog = Some(place);
+        }
+        let _ = out.reports.send(report);
     }
 
     /// Publishes `offline` (a clean disconnect suppresses the will), sends
@@ -889,5 +928,114 @@ mod tests {
         assert!(!o.caught_up(), "one reconnect at a time");
         o.reconnected();
         assert!(!o.must_shed(true) && !o.caught_up(), "the broker redelivers: a fresh start");
+    }
+
+    #[test]
+    fn dedupe_remembers_topic_and_correlation_within_its_window() {
+        let window = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let c = |v: &str| serde_json::json!(v);
+        let mut d = Dedupe::new(window);
+        // (topic, correlation, seconds after t0, first?)
+        let table: &[(&str, &str, u64, bool, &str)] = &[
+            ("a/call/light/turn_on", "c1", 0, true, "new"),
+            ("a/call/light/turn_on", "c1", 1, false, "same topic and correlation within the window"),
+            ("a/call/light/turn_off", "c1", 1, true, "another topic"),
+            ("a/call/light/turn_on", "c2", 2, true, "another correlation"),
+            ("a/call/light/turn_on", "c1", 10, false, "at the window's end: still a duplicate"),
+            ("a/call/light/turn_on", "c1", 11, true, "after the window"),
+            ("a/call/light/turn_on", "c1", 12, false, "remembered again"),
+        ];
+        for &(topic, correlation, at, first, why) in table {
+            assert_eq!(d.first(topic, &c(correlation), t0 + Duration::from_secs(at)), first, "{why}");
+        }
+        // Beyond MAX the oldest is forgotten, even within the window.
+        let mut d = Dedupe::new(window);
+        for i in 0..Dedupe::MAX {
+            assert!(d.first("t", &serde_json::json!(i), t0));
+        }
+        assert!(!d.first("t", &serde_json::json!(1), t0), "all remembered");
+        assert!(d.first("t", &serde_json::json!("one more"), t0), "the oldest makes room");
+        assert!(d.first("t", &serde_json::json!(0), t0), "the oldest was forgotten");
+
+        // A remembered key costs the same whatever its length: a hash.
+        let mut d = Dedupe::new(window);
+        assert!(d.first(&"t".repeat(500), &c(&"x".repeat(500)), t0));
+        assert_eq!(std::mem::size_of_val(&d.order[0].1), 8, "a 64-bit hash per key, not the key");
+    }
+
+    /// An ingress on the default config, never connected: its steps are
+    /// called directly.
+    fn ingress() -> Ingress {
+        let vars = [("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN".to_owned(), "abc".to_owned())];
+        let config = crate::config::load(std::path::Path::new("absent.toml"), false, vars).expect("defaults are valid");
+        let (client, eventloop) = AsyncClient::new(options(&config.mqtt, 10).expect("no files to read"), 10);
+        let rules = Rules { access: config.access.clone(), routes: Arc::clone(&config.routes) };
+        let capacity = config.queue.capacity.get() as usize;
+        Ingress {
+            client,
+            eventloop,
+            config: config.mqtt.clone(),
+            rules: watch::channel(Arc::new(rules)).1,
+            route_subscriptions: Vec::new(),
+            subscription_ids: SubscriptionIds::default(),
+            next_id: 0,
+            tracker: Arc::new(Mutex::new(AckTracker::default())),
+            metrics: Metrics::new(),
+            health: Arc::new(Health::default()),
+            slots: Arc::new(Slots::new(capacity)),
+            overflow: Overflow::new(capacity),
+            state_filter: StateFilter::empty(),
+            connections: watch::channel(0).0,
+            max_age: config.queue.max_age,
+            limits: config.limits,
+            dedupe: None,
+            backlog: Backlog::default(),
+        }
+    }
+
+    fn counter(metrics: &Metrics, line: &str) -> f64 {
+        metrics.render().lines().find_map(|l| l.strip_prefix(line)?.trim().parse().ok()).unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn rejections_that_hold_nothing_wait_for_the_publisher_in_bounded_number() {
+        let mut ingress = ingress();
+        let (commands, _commands) = mpsc::unbounded_channel();
+        let (reports, mut publisher) = mpsc::unbounded_channel();
+        let (acks, _acks) = mpsc::unbounded_channel();
+        let out = Outputs { commands, reports, acks };
+        let topic = "ha-gateway/call/light/turn_on";
+        // The publisher is stuck (the broker does not take our publishes):
+        // nothing is read from its channel.
+        let flood = 3 * Backlog::LIMIT;
+        for _ in 0..flood {
+            ingress.on_publish(Publish::new(topic, QoS::AtMostOnce, "not json", None), &out);
+        }
+        assert!(
+            publisher.len() <= Backlog::LIMIT,
+            "{} rejections of QoS 0 messages wait for the publisher",
+            publisher.len()
+        );
+        let dropped = r#"mqtt_ha_gateway_results_dropped_total{reason="backlog"}"#;
+        assert_eq!(counter(&ingress.metrics, dropped), (flood - publisher.len()) as f64, "the rest are counted");
+        let rejected = r#"mqtt_ha_gateway_commands_total{outcome="rejected",reason="invalid_json"}"#;
+        assert_eq!(
+            counter(&ingress.metrics, rejected),
+            (flood - publisher.len()) as f64,
+            "a dropped result's command still counts as rejected (the publisher counts the others)"
+        );
+
+        // A QoS 1 rejection carries the ack: never dropped.
+        let mut qos1 = Publish::new(topic, QoS::AtLeastOnce, "not json", None);
+        qos1.pkid = 1;
+        let waiting = publisher.len();
+        ingress.on_publish(qos1, &out);
+        assert_eq!(publisher.len(), waiting + 1, "the QoS 1 rejection waits beyond the bound");
+
+        // Once the publisher is done with them, there is room again.
+        while publisher.try_recv().is_ok() {}
+        ingress.on_publish(Publish::new(topic, QoS::AtMostOnce, "not json", None), &out);
+        assert_eq!(publisher.len(), 1, "a published rejection frees its place");
     }
 }

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub duplicates: IntCounter,
     /// Commands published to `<prefix>/dead_letter`.
     pub dead_letters: IntCounter,
+    /// Results not published, by `reason` (backlog: too many rejections of
+    /// QoS 0 messages waiting for the broker).
+    pub results_dropped: IntCounterVec,
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,
     pub acks_pending: IntGauge,
@@ -121,6 +124,12 @@ impl Metrics {
                 c
             },
             dead_letters: counter(&r, "dead_letters_total", "Commands given up and published to <prefix>/dead_letter"),
+            results_dropped: counter_vec(
+                &r,
+                "results_dropped_total",
+                "Results not published: too many rejections of QoS 0 messages waiting for the broker",
+                &["reason"],
+            ),
             duplicates: counter(&r, "duplicates_total", "Redelivered commands recognised and not run again"),
             queue_depth: gauge(&r, "queue_depth", "Commands held (waiting and in flight)"),
             queue_capacity: gauge(&r, "queue_capacity", "Commands held at most"),
@@ -176,6 +185,7 @@ impl Metrics {
             }
         }
         m.commands.with_label_values(&["done", ""]);
+        m.results_dropped.with_label_values(&["backlog"]);
         let build = IntGaugeVec::new(
             Opts::new(format!("{PREFIX}_build_info"), "Always 1; the gateway's version"),
             &["version"],

@@ -14,7 +14,7 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::ack::AckMsg;
@@ -45,6 +45,9 @@ pub struct Report {
     pub call: Option<Value>,
     /// The message it came from (commands that reached the queue).
     pub origin: Option<crate::command::Origin>,
+    /// Its place in the [`Backlog`] (a rejection of a QoS 0 message), given
+    /// back when the publisher is done with it.
+    pub backlog: Option<OwnedSemaphorePermit>,
 }
 
 impl Report {
@@ -62,6 +65,51 @@ impl Report {
             route: None,
             call: None,
             origin: None,
+            backlog: None,
+        }
+    }
+}
+
+/// Reports that hold nothing but memory — rejections of QoS 0 messages: no
+/// ack owed, no queue slot held — on their way to the publisher.
+///
+/// The publisher waits for rumqttc's request channel, which waits for the
+/// broker, so a flood of invalid QoS 0 messages could pile up without bound
+/// behind a slow broker. Each waiting one holds a place (an
+/// `OwnedSemaphorePermit` in its [`Report`]); when none is free, ingress
+/// drops the result and counts it (`results_dropped_total{reason="backlog"}`).
+#[derive(Debug)]
+pub struct Backlog {
+    places: Arc<Semaphore>,
+    /// When the last warning about dropped results was logged, and how many
+    /// were dropped since.
+    warned: Option<(Instant, u64)>,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Self { places: Arc::new(Semaphore::new(Self::LIMIT)), warned: None }
+    }
+}
+
+impl Backlog {
+    /// As many as rumqttc's request channel holds (`ingress::REQUEST_CHANNEL`).
+    pub const LIMIT: usize = 1024;
+
+    /// A place for one more report, or `None` when `LIMIT` are waiting.
+    pub fn place(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.places).try_acquire_owned().ok()
+    }
+
+    /// One result dropped at `now`: `Some(suppressed)` when it is time to log
+    /// again (at most once per [`WARN_EVERY`]), with the drops not logged since.
+    pub fn dropped(&mut self, now: Instant) -> Option<u64> {
+        match &mut self.warned {
+            Some((at, suppressed)) if now.duration_since(*at) < WARN_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            warned => Some(warned.replace((now, 0)).map_or(0, |(_, suppressed)| suppressed)),
         }
     }
 }
@@ -278,7 +326,30 @@ mod tests {
             route: None,
             call: None,
             origin: None,
+            backlog: None,
         }
+    }
+
+    #[test]
+    fn dropped_results_are_logged_at_most_every_interval() {
+        let mut b = Backlog::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // (seconds after t0, logged with this many suppressed?)
+        let table: &[(u64, Option<u64>)] =
+            &[(0, Some(0)), (1, None), (9, None), (10, Some(2)), (11, None), (25, Some(1)), (26, None)];
+        for &(at, expected) in table {
+            assert_eq!(b.dropped(t0 + s(at)), expected, "at {at} s");
+        }
+    }
+
+    #[test]
+    fn the_backlog_holds_at_most_its_limit_and_frees_on_drop() {
+        let b = Backlog::default();
+        let places: Vec<_> = (0..Backlog::LIMIT).map(|_| b.place().expect("room up to the limit")).collect();
+        assert!(b.place().is_none(), "full");
+        drop(places);
+        assert!(b.place().is_some(), "a report done with gives its place back");
     }
 
     #[test]

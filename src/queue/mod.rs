@@ -261,6 +261,12 @@ pub struct Dispatcher {
 }
 
 /// The dispatcher's state between loop turns.
+///
+/// Flow keys name a route's target, so they carry entity ids from topics and
+/// payloads: a hostile publisher can make any number of them. `coalescible`
+/// and `debouncing` hold one entry per command they hold, and every command
+/// holds a queue slot, so each has at most `queue.capacity` entries;
+/// `throttle` holds none and forgets what it no longer needs.
 #[derive(Default)]
 struct Queue {
     book: OrderBook,
@@ -269,8 +275,39 @@ struct Queue {
     coalescible: HashMap<String, u64>,
     /// debounce: flow key → the last command and when it may go.
     debouncing: HashMap<String, (Command, Instant)>,
-    /// throttle: flow key → when the last call was let through.
-    last_passed: HashMap<String, Instant>,
+    throttle: Throttle,
+}
+
+/// throttle: flow key → until when its window is open (calls dropped).
+///
+/// A key whose window has passed carries no information, so entries are
+/// swept out once the map has doubled since the last sweep: each sweep
+/// costs at most twice the insertions since the one before (amortised O(1)),
+/// and the map holds at most twice the keys let through within one window
+/// (at least [`Throttle::SWEEP_FROM`]).
+#[derive(Default)]
+struct Throttle {
+    open_until: HashMap<String, Instant>,
+    /// Entries left by the last sweep.
+    swept_to: usize,
+}
+
+impl Throttle {
+    /// Below this many entries no sweep is worth it.
+    const SWEEP_FROM: usize = 1024;
+
+    /// Whether a call for `key` may pass now; if so its window of `every` opens.
+    fn pass(&mut self, key: &str, every: std::time::Duration, now: Instant) -> bool {
+        if self.open_until.get(key).is_some_and(|until| now < *until) {
+            return false;
+        }
+        self.open_until.insert(key.to_owned(), now + every);
+        if self.open_until.len() >= Self::SWEEP_FROM.max(2 * self.swept_to) {
+            self.open_until.retain(|_, until| now < *until);
+            self.swept_to = self.open_until.len();
+        }
+        true
+    }
 }
 
 /// A command that ends without running, for flow control.
@@ -291,6 +328,7 @@ fn report(command: Command, outcome: Outcome, call: Option<Value>) -> Report {
         route: command.route,
         call,
         origin: Some(command.origin),
+        backlog: None,
     }
 }
 
@@ -303,11 +341,10 @@ impl Queue {
         };
         let now = Instant::now();
         if let Some(every) = spec.throttle {
-            if self.last_passed.get(&key).is_some_and(|last| now < *last + every) {
+            if !self.throttle.pass(&key, every, now) {
                 let _ = out.send(dropped(cmd, ErrorCode::Throttled));
                 return;
             }
-            self.last_passed.insert(key.clone(), now);
         }
         if let Some(quiet) = spec.debounce {
             if let Some((older, _)) = self.debouncing.insert(key, (cmd, now + quiet)) {
@@ -418,8 +455,64 @@ impl Dispatcher {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::command::{Origin, ReplyTo, ServiceCall};
+    use crate::routes::FlowSpec;
+    use crate::topic::Slug;
     use HaErrorKind::*;
+
+    fn throttled(id: u64, device: &str, every: Duration) -> Command {
+        let data = serde_json::json!({"entity_id": format!("light.{device}")});
+        let call = ServiceCall {
+            domain: Slug::parse("light").unwrap(),
+            service: Slug::parse("turn_on").unwrap(),
+            data: data.as_object().unwrap().clone(),
+        };
+        let flow = FlowSpec { throttle: Some(every), ..FlowSpec::default() };
+        let now = Instant::now();
+        Command {
+            id,
+            seq: id,
+            action: Action::Call(call),
+            reply: ReplyTo::default(),
+            received_at: now,
+            deadline: now + Duration::from_secs(60),
+            route: Some(Arc::from("lights")),
+            flow: Some((flow, format!("lights|light.turn_on|light.{device}"))),
+            origin: Origin::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_forgets_keys_whose_window_has_passed() {
+        let (out, mut reports) = mpsc::unbounded_channel();
+        let mut q = Queue::default();
+        let every = Duration::from_secs(1);
+        let devices = 10_000u64;
+        for i in 0..devices {
+            q.admit(throttled(i, &format!("d{i}"), every), &out);
+        }
+        assert_eq!(q.waiting.len(), devices as usize, "distinct devices are not throttled");
+        assert!(reports.try_recv().is_err(), "nothing dropped");
+        q.admit(throttled(devices, "d0", every), &out);
+        let dropped = reports.try_recv().expect("within its window d0 is throttled");
+        assert_eq!(dropped.outcome.error, Some(ErrorCode::Throttled));
+
+        // Past the window every remembered pass carries no information.
+        tokio::time::advance(every + Duration::from_millis(1)).await;
+        for i in 0..devices {
+            q.admit(throttled(devices + 1 + i, &format!("e{i}"), every), &out);
+        }
+        assert!(
+            q.throttle.open_until.len() <= 2 * devices as usize - devices as usize / 2,
+            "expired throttle entries are pruned: {} remembered",
+            q.throttle.open_until.len()
+        );
+        q.admit(throttled(3 * devices, "d0", every), &out);
+        assert!(reports.try_recv().is_err(), "after its window d0 passes again");
+    }
 
     fn error(kind: HaErrorKind, retry_after: Option<u64>) -> HaError {
         HaError { kind, status: None, retry_after: retry_after.map(Duration::from_secs), message: String::new() }
