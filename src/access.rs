@@ -19,7 +19,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::Value;
 
 use crate::command::{ErrorCode, ServiceCall};
-use crate::routes::TopicFilter;
+use crate::topic::filter::TopicFilter;
 use crate::topic::EntityId;
 
 /// Domains a bare wildcard never reaches: they must be named.

@@ -96,7 +96,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     let health = Arc::new(Health::default());
     let capacity = config.queue.capacity.get() as usize;
     metrics.queue_capacity.set(capacity as i64);
-    let slots = Arc::new(Slots::new(capacity));
+    let slots = Arc::new(Slots::new(capacity, Some(metrics.queue_depth.clone())));
 
     let (token_tx, token_rx) = token_channel(&config.home_assistant.token).map_err(StartError::Token)?;
     let gate = AuthGate::new(config.home_assistant.auth_backoff, token_rx);
@@ -153,7 +153,6 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         config.mqtt.prefix.clone(),
         Arc::clone(&states),
         metrics.clone(),
-        Arc::clone(&slots),
         ack_tx.clone(),
     );
     pipeline.spawn("publisher", publisher.run(report_rx));

@@ -4,6 +4,12 @@
 //! Plain data, no I/O. Error codes are a closed set: they appear in results,
 //! logs and metric labels, so adding one is a contract change.
 
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::slots::Slot;
+
+use std::time::Duration;
+
 use std::fmt;
 
 use bytes::Bytes;
@@ -286,9 +292,11 @@ pub struct Command {
     /// The route that made it, if any.
     pub route: Option<std::sync::Arc<str>>,
     /// The route's flow control, with the key it applies per (route + target).
-    pub flow: Option<(crate::routes::FlowSpec, String)>,
+    pub flow: Option<(FlowSpec, String)>,
     /// The message it came from, for the dead-letter topic.
     pub origin: Origin,
+    /// Its queue slot, held until its report is done with.
+    pub slot: Slot,
 }
 
 /// The MQTT message a command came from (shared, not copied).
@@ -296,4 +304,68 @@ pub struct Command {
 pub struct Origin {
     pub topic: std::sync::Arc<str>,
     pub payload: bytes::Bytes,
+}
+
+/// Per-route flow control.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowSpec {
+    /// Wait until the value has been quiet this long; only the last call runs.
+    pub debounce: Option<Duration>,
+    /// At most one call per interval; the others are dropped.
+    pub throttle: Option<Duration>,
+    /// A newer call replaces one still waiting in the queue (idempotent targets only).
+    pub latest_wins: bool,
+}
+
+impl FlowSpec {
+    pub fn is_plain(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A command at its final outcome.
+#[derive(Debug)]
+pub struct Report {
+    pub seq: u64,
+    /// The service the command named; `None` when its topic was invalid.
+    pub service: Option<(Slug, Slug)>,
+    /// The topic it arrived on, echoed when that topic was invalid.
+    pub topic: Option<String>,
+    pub reply: ReplyTo,
+    pub outcome: Outcome,
+    pub received_at: Instant,
+    /// Its queue slot, for commands that reached the queue: freed when the
+    /// report is dropped (after the publisher is done with it).
+    pub slot: Option<Slot>,
+    /// A get: its state is the answer, no result unless it failed.
+    pub get: bool,
+    /// The route that made the command, if any.
+    pub route: Option<std::sync::Arc<str>>,
+    /// `--dry-run`: the call that would have been made.
+    pub call: Option<Value>,
+    /// The message it came from (commands that reached the queue).
+    pub origin: Option<Origin>,
+    /// Its place in the publisher's `Backlog` (a rejection of a QoS 0 message), given
+    /// back when the publisher is done with it.
+    pub backlog: Option<OwnedSemaphorePermit>,
+}
+
+impl Report {
+    /// A message refused before it became a command (it holds no queue slot).
+    pub fn rejected(seq: u64, received_at: Instant, topic: String, code: ErrorCode, detail: String) -> Self {
+        Self {
+            seq,
+            service: None,
+            topic: Some(topic),
+            reply: ReplyTo::default(),
+            outcome: Outcome::failed(code, None, detail),
+            received_at,
+            slot: None,
+            get: false,
+            route: None,
+            call: None,
+            origin: None,
+            backlog: None,
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! results (the publisher does).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,15 +26,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessPolicy;
 use crate::ack::{fingerprint, AckMsg, AckTracker, Registration};
+use crate::backoff::Backoff;
 use crate::bounds::MAX_PACKET;
 use crate::command::{Action, Command, ErrorCode, Origin, ReplyTo};
-use crate::config::MqttConfig;
 use crate::metrics::{Health, Metrics};
 use crate::mirror::StateFilter;
 use crate::publisher::{Backlog, Report};
 use crate::queue::Slots;
 use crate::routes::{RouteResult, RouteTable};
-use crate::topic::CommandTopic;
+use crate::secret::SecretSource;
+use crate::topic::{CommandTopic, TopicPrefix};
 use crate::translate::{translate, Limits};
 
 /// Our QoS 1 publishes (results, states) awaiting the broker's PUBACK at once.
@@ -44,6 +46,27 @@ const STABLE: Duration = Duration::from_secs(30);
 
 /// Capacity of rumqttc's request channel (publishes, acks).
 pub const REQUEST_CHANNEL: usize = 1024;
+
+/// `[mqtt]`, validated (built by `config`).
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub client_id: String,
+    pub prefix: TopicPrefix,
+    /// `mqtt.shared_group`, validated.
+    pub shared_group: Option<String>,
+    /// `<prefix>/status`, or `<prefix>/status/<client_id>` with a shared group.
+    pub status_topic: String,
+    pub username: Option<String>,
+    pub password: Option<SecretSource>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub keep_alive: Duration,
+    pub session_expiry: Duration,
+    pub reconnect: Backoff,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttSetupError {
@@ -717,7 +740,7 @@ impl Ingress {
             self.reject(out, qos, reject(code, service, reply, detail));
             return;
         }
-        let Some(held) = self.slots.try_take() else {
+        let Some(slot) = self.slots.try_take() else {
             // Only QoS 0 gets here with the queue full (QoS 1 was parked).
             self.reject(
                 out,
@@ -726,16 +749,24 @@ impl Ingress {
             );
             return;
         };
-        self.metrics.queue_depth.set(held as i64);
         let max_age = expiry.map_or(self.max_age, |e| e.min(self.max_age));
         self.next_id += 1;
         let deadline = received_at + max_age;
         let origin = Origin { topic: Arc::from(topic.as_str()), payload: publish.payload.clone() };
-        let command =
-            Command { id: self.next_id, seq, action, reply, received_at, deadline, route: None, flow: None, origin };
+        let command = Command {
+            id: self.next_id,
+            seq,
+            action,
+            reply,
+            received_at,
+            deadline,
+            route: None,
+            flow: None,
+            origin,
+            slot,
+        };
         if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
-            // Only at shutdown: leave it unacked for the next session.
-            self.slots.release();
+            // Only at shutdown: leave it unacked for the next session (its slot goes with it).
             tracing::debug!(seq = command.seq, "queue closed; command left for the next session");
         }
     }
@@ -788,8 +819,8 @@ impl Ingress {
                 continue;
             }
             // A QoS 1 message was admitted for its slot; its further calls take theirs too.
-            let held = if qos0 { self.slots.try_take() } else { Some(self.slots.take()) };
-            let Some(held) = held else {
+            let slot = if qos0 { self.slots.try_take() } else { Some(self.slots.take()) };
+            let Some(slot) = slot else {
                 self.reject(
                     out,
                     qos,
@@ -797,7 +828,6 @@ impl Ingress {
                 );
                 continue;
             };
-            self.metrics.queue_depth.set(held as i64);
             self.next_id += 1;
             let command = Command {
                 id: self.next_id,
@@ -809,10 +839,10 @@ impl Ingress {
                 route: Some(route),
                 flow,
                 origin: Origin { topic: Arc::from(topic.as_str()), payload: publish.payload.clone() },
+                slot,
             };
-            if out.commands.send(command).is_err() {
-                self.slots.release();
-            }
+            // Only at shutdown: unacked for the next session, its slot freed on drop.
+            let _ = out.commands.send(command);
         }
     }
 
@@ -983,7 +1013,7 @@ mod tests {
             tracker: Arc::new(Mutex::new(AckTracker::default())),
             metrics: Metrics::new(),
             health: Arc::new(Health::default()),
-            slots: Arc::new(Slots::new(capacity)),
+            slots: Arc::new(Slots::new(capacity, None)),
             overflow: Overflow::new(capacity),
             state_filter: StateFilter::empty(),
             connections: watch::channel(0).0,

@@ -15,6 +15,7 @@
 //! - [`metrics`], [`http`]: Prometheus metrics and health endpoints.
 //! - [`reload`]: SIGHUP / file change → new access rules and routes.
 //! - [`supervise`]: named stage tasks; one ending before shutdown is fatal.
+//! - [`secret`], [`bounds`], [`backoff`]: leaves every stage may use.
 //! - [`app`]: wiring and shutdown; the only module that knows all others.
 //! - [`backoff`], [`bounds`]: pure helpers (jittered backoff; limits every stage agrees on).
 #![forbid(unsafe_code)]
@@ -37,6 +38,8 @@ pub mod publisher;
 pub mod queue;
 pub mod reload;
 pub mod routes;
+pub mod secret;
+pub mod slots;
 pub mod supervise;
 pub mod topic;
 pub mod translate;

@@ -2,9 +2,11 @@
 //! states HA says it changed), then release its acknowledgement.
 //!
 //! Every command, rejected at the door or finished by the queue, passes
-//! through [`Publisher::finish`] exactly once; nothing else publishes results
-//! or frees queue slots. Results go out before the ack, so a crash between
-//! the two repeats a command rather than losing its result.
+//! through [`Publisher::finish`] exactly once; nothing else publishes
+//! results. Its queue slot travels in the report and is freed there, when
+//! the outcome is final (a report dropped anywhere else frees it too).
+//! Results go out before the ack, so a crash between the two repeats a
+//! command rather than losing its result.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,57 +20,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::ack::AckMsg;
-use crate::command::{ErrorCode, Outcome, ReplyTo};
+use crate::command::ErrorCode;
 use crate::metrics::Metrics;
 use crate::mirror::StateOut;
-use crate::queue::Slots;
-use crate::topic::{Slug, TopicPrefix};
+use crate::topic::TopicPrefix;
 
-/// A command at its final outcome.
-#[derive(Debug)]
-pub struct Report {
-    pub seq: u64,
-    /// The service the command named; `None` when its topic was invalid.
-    pub service: Option<(Slug, Slug)>,
-    /// The topic it arrived on, echoed when that topic was invalid.
-    pub topic: Option<String>,
-    pub reply: ReplyTo,
-    pub outcome: Outcome,
-    pub received_at: Instant,
-    /// Whether it held a queue slot.
-    pub held: bool,
-    /// A get: its state is the answer, no result unless it failed.
-    pub get: bool,
-    /// The route that made the command, if any.
-    pub route: Option<std::sync::Arc<str>>,
-    /// `--dry-run`: the call that would have been made.
-    pub call: Option<Value>,
-    /// The message it came from (commands that reached the queue).
-    pub origin: Option<crate::command::Origin>,
-    /// Its place in the [`Backlog`] (a rejection of a QoS 0 message), given
-    /// back when the publisher is done with it.
-    pub backlog: Option<OwnedSemaphorePermit>,
-}
-
-impl Report {
-    /// A message refused before it became a command (it holds no queue slot).
-    pub fn rejected(seq: u64, received_at: Instant, topic: String, code: ErrorCode, detail: String) -> Self {
-        Self {
-            seq,
-            service: None,
-            topic: Some(topic),
-            reply: ReplyTo::default(),
-            outcome: Outcome::failed(code, None, detail),
-            received_at,
-            held: false,
-            get: false,
-            route: None,
-            call: None,
-            origin: None,
-            backlog: None,
-        }
-    }
-}
+pub use crate::command::Report;
 
 /// Reports that hold nothing but memory — rejections of QoS 0 messages: no
 /// ack owed, no queue slot held — on their way to the publisher.
@@ -180,8 +137,6 @@ pub struct Publisher {
     pub prefix: TopicPrefix,
     pub states: Arc<StateOut>,
     pub metrics: Metrics,
-    /// Queue slots; shared with admission.
-    pub slots: Arc<Slots>,
     pub acks: mpsc::UnboundedSender<AckMsg>,
     warned: HashMap<ErrorCode, (Instant, u64)>,
 }
@@ -195,10 +150,9 @@ impl Publisher {
         prefix: TopicPrefix,
         states: Arc<StateOut>,
         metrics: Metrics,
-        slots: Arc<Slots>,
         acks: mpsc::UnboundedSender<AckMsg>,
     ) -> Self {
-        Self { client, prefix, states, metrics, slots, acks, warned: HashMap::new() }
+        Self { client, prefix, states, metrics, acks, warned: HashMap::new() }
     }
 
     /// Runs until every sender of `input` is gone.
@@ -209,11 +163,9 @@ impl Publisher {
     }
 
     /// The single step: one command's end.
-    pub async fn finish(&mut self, report: Report) {
-        if report.held {
-            let held = self.slots.release();
-            self.metrics.queue_depth.set(held as i64);
-        }
+    pub async fn finish(&mut self, mut report: Report) {
+        // The outcome is final: the queue slot is free for the next command.
+        drop(report.slot.take());
         self.metrics.outcome(&report.outcome);
         self.metrics.command_latency.observe(report.received_at.elapsed().as_secs_f64());
         self.log(&report);
@@ -312,6 +264,8 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{Outcome, ReplyTo};
+    use crate::topic::Slug;
 
     fn report(outcome: Outcome, correlation: Option<Value>) -> Report {
         Report {
@@ -321,7 +275,7 @@ mod tests {
             reply: ReplyTo { correlation, ..Default::default() },
             outcome,
             received_at: Instant::now(),
-            held: true,
+            slot: None,
             get: false,
             route: None,
             call: None,

@@ -19,6 +19,10 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub use raw::{RawConfig, RawRoute};
+// Each stage owns its settings; config builds them.
+pub use crate::ha::HaConfig;
+pub use crate::ingress::MqttConfig;
+pub use crate::secret::SecretSource;
 
 use crate::access::{AccessPolicy, RuleSpec};
 use crate::backoff::Backoff;
@@ -69,42 +73,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-    pub client_id: String,
-    pub prefix: TopicPrefix,
-    /// `mqtt.shared_group`, validated.
-    pub shared_group: Option<String>,
-    /// `<prefix>/status`, or `<prefix>/status/<client_id>` with a shared group.
-    pub status_topic: String,
-    pub username: Option<String>,
-    pub password: Option<SecretSource>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-    pub keep_alive: Duration,
-    pub session_expiry: Duration,
-    pub reconnect: Backoff,
-}
-
-#[derive(Debug, Clone)]
-pub struct HaConfig {
-    /// Base URL without a trailing slash.
-    pub url: Url,
-    pub token: SecretSource,
-    pub request_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub ca_file: Option<PathBuf>,
-    /// `None`: derived from `url`.
-    pub websocket_url: Option<Url>,
-    pub max_attempts: NonZeroU32,
-    pub retry: Backoff,
-    pub auth_backoff: Duration,
-    pub probe_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
 pub struct QueueConfig {
     pub capacity: NonZeroU32,
     /// `None` = unlimited.
@@ -141,39 +109,6 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
-}
-
-/// Where a secret comes from. A file is re-read at run time when it changes.
-#[derive(Clone)]
-pub enum SecretSource {
-    Inline(SecretString),
-    File(PathBuf),
-}
-
-impl std::fmt::Debug for SecretSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Inline(_) => f.write_str("SecretSource::Inline([redacted])"),
-            Self::File(p) => write!(f, "SecretSource::File({})", p.display()),
-        }
-    }
-}
-
-impl SecretSource {
-    /// The current value: trimmed file content or the inline value.
-    pub fn read(&self) -> Result<SecretString, std::io::Error> {
-        match self {
-            Self::Inline(s) => Ok(s.clone()),
-            Self::File(p) => {
-                let text = std::fs::read_to_string(p)?;
-                let trimmed = text.trim();
-                if trimmed.is_empty() {
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "file is empty"));
-                }
-                Ok(SecretString::from(trimmed.to_owned()))
-            }
-        }
-    }
 }
 
 /// Loads defaults < `file` (if it exists or was named explicitly) < env.

@@ -8,6 +8,8 @@ mod auth;
 mod error;
 mod token;
 
+use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
@@ -19,8 +21,9 @@ pub use auth::{AuthGate, GateClosed, Pass};
 pub use error::{parse_retry_after, HaError, HaErrorKind, Retry};
 pub use token::{token_channel, watch_token};
 
+use crate::backoff::Backoff;
 use crate::command::{Action, ServiceCall};
-use crate::config::HaConfig;
+use crate::secret::SecretSource;
 
 /// Largest successful answer read. `GET /api/states` of a home with 10 000+
 /// entities is several MiB, and a service call that touches every entity
@@ -30,6 +33,23 @@ pub const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// Of an error's body only the start goes into the message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// `[home_assistant]`, validated (built by `config`).
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// Base URL without a trailing slash.
+    pub url: Url,
+    pub token: SecretSource,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    /// `None`: derived from `url`.
+    pub websocket_url: Option<Url>,
+    pub max_attempts: NonZeroU32,
+    pub retry: Backoff,
+    pub auth_backoff: Duration,
+    pub probe_interval: Duration,
+}
 
 /// What a successful service call returned.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SecretSource;
+use crate::secret::SecretSource;
 
 /// How often `token_file` is looked at.
 pub const POLL: Duration = Duration::from_secs(2);

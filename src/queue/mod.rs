@@ -8,7 +8,6 @@
 
 mod order;
 mod rate;
-mod slots;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -21,15 +20,15 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::slots::Slots;
 pub use order::OrderBook;
 pub use rate::{RateLimiter, TokenBucket};
-pub use slots::Slots;
 
 use crate::backoff::Backoff;
+use crate::command::Report;
 use crate::command::{Action, Command, ErrorCode, Outcome};
 use crate::ha::{HaClient, HaError, HaErrorKind, Retry};
 use crate::metrics::{self, Health, Metrics};
-use crate::publisher::Report;
 
 /// A command that reached its final outcome.
 #[derive(Debug)]
@@ -324,7 +323,7 @@ fn report(command: Command, outcome: Outcome, call: Option<Value>) -> Report {
         reply: command.reply,
         outcome,
         received_at: command.received_at,
-        held: true,
+        slot: Some(command.slot),
         route: command.route,
         call,
         origin: Some(command.origin),
@@ -482,6 +481,7 @@ mod tests {
             route: Some(Arc::from("lights")),
             flow: Some((flow, format!("lights|light.turn_on|light.{device}"))),
             origin: Origin::default(),
+            slot: Arc::new(Slots::new(1, None)).take(),
         }
     }
 

@@ -8,7 +8,7 @@
 //! never sends anything; its calls go through the same access check, queue,
 //! acks and results as the `call` topic.
 
-mod filter;
+pub mod raw;
 mod template;
 
 use std::collections::{HashMap, HashSet};
@@ -18,14 +18,15 @@ use std::time::Duration;
 use minijinja::Value as Jinja;
 use serde_json::{Map, Value};
 
-pub use filter::{FilterError, FilterIndex, TopicFilter};
+pub use crate::command::FlowSpec;
+pub use crate::topic::filter::{FilterError, FilterIndex, TopicFilter};
 pub use template::{is_template, native, Templates, Tmpl, TopicVar};
 
 use crate::access::AccessPolicy;
 use crate::command::{ErrorCode, ServiceCall};
-use crate::config::RawRoute;
 use crate::topic::Slug;
 use crate::translate::Limits;
+use raw::RawRoute;
 
 /// How a route reads its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,23 +36,6 @@ pub enum Format {
     Json,
     Text,
     Number,
-}
-
-/// Per-route flow control.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FlowSpec {
-    /// Wait until the value has been quiet this long; only the last call runs.
-    pub debounce: Option<Duration>,
-    /// At most one call per interval; the others are dropped.
-    pub throttle: Option<Duration>,
-    /// A newer call replaces one still waiting in the queue (idempotent targets only).
-    pub latest_wins: bool,
-}
-
-impl FlowSpec {
-    pub fn is_plain(&self) -> bool {
-        *self == Self::default()
-    }
 }
 
 #[derive(Debug)]

@@ -5,6 +5,8 @@
 //! against Home Assistant's own slug rule first, so nothing built from a
 //! topic can traverse paths, escape, or smuggle characters into a request.
 
+pub mod filter;
+
 use std::fmt;
 
 /// A Home Assistant slug: lowercase `a-z0-9_`, no leading, trailing or
