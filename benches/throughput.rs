@@ -5,12 +5,15 @@
 //! rate limit off, until every result is back; (2) latency publish → HA at a
 //! fixed 200 commands/s; (3) the gateway binary as a process: start-up time
 //! to ready, idle RSS, and the state mirror's snapshot of 10 000 entities
-//! (time, RSS, bytes per entity). Run with `cargo bench --bench throughput`;
-//! results are printed, never asserted. Bounded: at most 20 000 commands or
-//! entities, 60 s per step.
+//! (time, RSS, bytes per entity); (4) the binary under hostile input (100 000
+//! throttled devices, 100 000 invalid QoS 0 commands), RSS before and after.
+//! Run with `cargo bench --bench throughput` (`BENCH_ONLY=hostile` for one
+//! step); results are printed, never asserted. Bounded: at most 20 000
+//! commands or entities (100 000 messages per hostile step), 120 s per step.
 
 use std::time::Duration;
 
+use rumqttc::v5::mqttbytes::QoS;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -91,7 +94,6 @@ async fn latency(n: usize, per_second: u64) {
 /// like the gateway's `concurrency = 16` above. Returns commands/s.
 async fn direct_loop(n: usize, per_second: Option<u64>) -> (f64, Option<(f64, f64)>) {
     use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::mqttbytes::QoS;
     let Some(broker) = support::Broker::start("bench-direct") else { return (0.0, None) };
     let ha = support::FakeHa::start(support::TOKEN).await;
     let mut opts = rumqttc::v5::MqttOptions::new("direct-loop", "127.0.0.1", broker.port);
@@ -168,6 +170,28 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Starts `mqtt-ha-gateway run` (rate limit off, 16 calls in flight, metrics
+/// on `port`, `env` as `MQTT_HA_GATEWAY_*` overrides) and waits until
+/// `/readyz` answers 200.
+async fn start_binary(config: &std::path::Path, port: u16, env: &[(&str, &str)]) -> std::process::Child {
+    let started = Instant::now();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-ha-gateway"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("MQTT_HA_GATEWAY_METRICS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MQTT_HA_GATEWAY_QUEUE__RATE_PER_SECOND", "0")
+        .env("MQTT_HA_GATEWAY_QUEUE__CONCURRENCY", "16")
+        .envs(env.iter().map(|(k, v)| (format!("MQTT_HA_GATEWAY_{k}"), *v)))
+        .spawn()
+        .expect("start the gateway binary");
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    while !matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) {
+        assert!(started.elapsed() < Duration::from_secs(60), "gateway not ready");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child
+}
+
 /// The binary as users run it: ready time, idle RSS, mirror snapshot cost.
 async fn process(entities: usize) {
     let Some(broker) = support::Broker::start("bench-process") else { return };
@@ -180,26 +204,8 @@ async fn process(entities: usize) {
     let mut client = support::TestClient::connect(broker.port, "bench-mirror", &[&format!("{PREFIX}/state/#")]).await;
 
     let started = Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-ha-gateway"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("MQTT_HA_GATEWAY_METRICS__LISTEN", format!("127.0.0.1:{port}"))
-        .env("MQTT_HA_GATEWAY_STATE__INCLUDE", r#"["*"]"#)
-        .env("MQTT_HA_GATEWAY_LOG__LEVEL", "warn")
-        .env("MQTT_HA_GATEWAY_QUEUE__RATE_PER_SECOND", "0")
-        .env("MQTT_HA_GATEWAY_QUEUE__CONCURRENCY", "16")
-        .spawn()
-        .expect("start the gateway binary");
+    let mut child = start_binary(&config, port, &[("STATE__INCLUDE", r#"["*"]"#), ("LOG__LEVEL", "warn")]).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "gateway not ready");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
     let ready = started.elapsed();
     let (idle, _) = rss_kib(child.id());
     println!("process: ready in {:.0} ms; idle RSS {:.1} MiB", ready.as_secs_f64() * 1e3, idle as f64 / 1024.0);
@@ -287,6 +293,93 @@ async fn process(entities: usize) {
     let _ = child.wait();
 }
 
+/// The binary under hostile input, each step's RSS (and peak) read from
+/// /proc: (a) `devices` distinct devices through a `{device}` route with a
+/// 1 s `throttle`, in two waves a window apart (the throttle must forget the
+/// first wave's devices); (b) `devices` invalid QoS 0 commands as fast as the
+/// client sends them (each owes a result; at most 1 024 wait for the
+/// publisher, the rest are dropped and counted).
+async fn hostile(devices: usize) {
+    let Some(rig) = support::rig("bench-hostile").await else { return };
+    // HA knows no `light.` entity for `switch.turn_on` and changes nothing
+    // (the fake HA keeps no state for it either), as for devices HA does
+    // not know: only the gateway's own bookkeeping grows.
+    rig.routes(
+        "bench",
+        "[[route]]\nname = \"devices\"\ntopic = \"zigbee2mqtt/{device}\"\nservice = \"switch.turn_on\"\n\
+         entity_id = \"light.{{ device }}\"\nthrottle = \"1s\"\n",
+    );
+    let port = support::broker::free_port();
+    let mut child = start_binary(&rig.config, port, &[("LOG__LEVEL", "error")]).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let metric = |sample: &'static str| {
+        let url = url.clone();
+        async move {
+            match reqwest::get(format!("{url}/metrics")).await {
+                Ok(r) => support::gateway::metric_in(&r.text().await.unwrap_or_default(), sample),
+                Err(_) => 0.0,
+            }
+        }
+    };
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let (idle, _) = rss_kib(child.id());
+    let publisher = support::TestClient::connect(rig.broker.port, "bench-hostile", &[]).await;
+    let done = r#"commands_total{outcome="done",reason=""}"#;
+    for wave in 0..2 {
+        let t = Instant::now();
+        for i in 0..devices {
+            publisher.publish(&format!("zigbee2mqtt/w{wave}d{i}"), r#"{"state":"ON"}"#).await;
+        }
+        while metric(done).await < ((wave + 1) * devices) as f64 {
+            assert!(t.elapsed() < Duration::from_secs(120), "wave {wave} did not finish");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (rss, peak) = rss_kib(child.id());
+        println!(
+            "hostile throttle: wave {} of {devices} distinct devices in {:.1} s; RSS {:.1} → {:.1} MiB (peak {:.1} MiB)",
+            wave + 1,
+            t.elapsed().as_secs_f64(),
+            mib(idle),
+            mib(rss),
+            mib(peak)
+        );
+        // Every first wave's throttle window is over before the second.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+
+    let (before, _) = rss_kib(child.id());
+    let received = r#"messages_received_total{kind="call"}"#;
+    let rejected = r#"commands_total{outcome="rejected",reason="invalid_json"}"#;
+    let t = Instant::now();
+    for _ in 0..devices {
+        publisher.publish_qos(&format!("{PREFIX}/call/light/turn_on"), "{not json", QoS::AtMostOnce, false).await;
+    }
+    // QoS 0: the broker may drop some; wait until all it delivered are counted.
+    let mut last = -1.0;
+    loop {
+        let (r, n) = (metric(received).await, metric(rejected).await);
+        if r == n && r == last {
+            break;
+        }
+        last = r;
+        assert!(t.elapsed() < Duration::from_secs(120), "the flood was not handled ({n} of {r})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (rss, peak) = rss_kib(child.id());
+    println!(
+        "hostile flood: {devices} invalid QoS 0 commands sent, {:.0} received in {:.1} s, {:.0} results dropped \
+         (backlog); RSS {:.1} → {:.1} MiB (peak {:.1} MiB)",
+        last,
+        t.elapsed().as_secs_f64(),
+        metric(r#"results_dropped_total{reason="backlog"}"#).await,
+        mib(before),
+        mib(rss),
+        mib(peak)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Route matching with many routes: the trie index, then full evaluation
 /// (templates rendered) of the matching route.
 fn route_matching(routes: usize, messages: usize) {
@@ -368,17 +461,34 @@ fn main() {
     // `cargo test --all-targets` runs benches in test mode with `--bench`
     // absent: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let (n, m, entities) = if quick { (200, 100, 100) } else { (20_000, 2_000, 10_000) };
-    route_matching(1_000, if quick { 1_000 } else { 100_000 });
+    let (n, m, entities, devices) = if quick { (200, 100, 100, 1_000) } else { (20_000, 2_000, 10_000, 100_000) };
+    // BENCH_ONLY=hostile (a comma-separated list of routes, direct,
+    // throughput, latency, process, hostile) runs only those steps.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let run = |step: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == step));
+    if run("routes") {
+        route_matching(1_000, if quick { 1_000 } else { 100_000 });
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let (ceiling, _) = direct_loop(n, None).await;
-        println!("direct loop (ceiling): {n} QoS 1 messages → HTTP calls at {ceiling:.0}/s");
-        if let (_, Some((p50, p99))) = direct_loop(m, Some(200)).await {
-            println!("direct loop latency publish→HA at 200/s: p50 {p50:.2} ms, p99 {p99:.2} ms");
+        if run("direct") {
+            let (ceiling, _) = direct_loop(n, None).await;
+            println!("direct loop (ceiling): {n} QoS 1 messages → HTTP calls at {ceiling:.0}/s");
+            if let (_, Some((p50, p99))) = direct_loop(m, Some(200)).await {
+                println!("direct loop latency publish→HA at 200/s: p50 {p50:.2} ms, p99 {p99:.2} ms");
+            }
         }
-        throughput(n).await;
-        latency(m, 200).await;
-        process(entities).await;
+        if run("throughput") {
+            throughput(n).await;
+        }
+        if run("latency") {
+            latency(m, 200).await;
+        }
+        if run("process") {
+            process(entities).await;
+        }
+        if run("hostile") {
+            hostile(devices).await;
+        }
     });
 }

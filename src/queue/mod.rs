@@ -263,9 +263,11 @@ pub struct Dispatcher {
 ///
 /// Flow keys name a route's target, so they carry entity ids from topics and
 /// payloads: a hostile publisher can make any number of them. `coalescible`
-/// and `debouncing` hold one entry per command they hold, and every command
-/// holds a queue slot, so each has at most `queue.capacity` entries;
-/// `throttle` holds none and forgets what it no longer needs.
+/// and `debouncing` hold one entry per command waiting here (an entry of
+/// `coalescible` goes when its command is popped), and every command holds
+/// a queue slot until its report is published, so each is bounded by the
+/// slots held (`queue.capacity`); `throttle` holds no command and forgets
+/// what it no longer needs.
 #[derive(Default)]
 struct Queue {
     book: OrderBook,
