@@ -21,10 +21,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{AckTracker, Acker};
+use crate::admission::{Dedupe, Rules};
 use crate::config::Config;
 use crate::ha::{token_channel, watch_token, AuthGate, HaClient};
 use crate::http::{self, HttpState};
-use crate::ingress::{self, Ingress, Outputs, Rules};
+use crate::ingress::{self, Ingress, Outputs};
 use crate::metrics::{Health, Metrics};
 use crate::mirror::{tls_config, Mirror, StateOptions, StateOut};
 use crate::publisher::{Publisher, Report};
@@ -185,7 +186,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         connections: connections_tx,
         max_age: config.queue.max_age,
         limits: config.limits,
-        dedupe: config.queue.dedupe_window.map(ingress::Dedupe::new),
+        dedupe: config.queue.dedupe_window.map(Dedupe::new),
         backlog: Default::default(),
     };
     let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };

@@ -24,19 +24,18 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::AccessPolicy;
 use crate::ack::{fingerprint, AckMsg, AckTracker, Registration};
+use crate::admission::{self, Admitted, Dedupe, Rules};
 use crate::backoff::Backoff;
 use crate::bounds::MAX_PACKET;
-use crate::command::{Action, Command, ErrorCode, Origin, ReplyTo};
+use crate::command::{Command, ErrorCode};
 use crate::metrics::{Health, Metrics};
 use crate::mirror::StateFilter;
 use crate::publisher::{Backlog, Report};
 use crate::queue::Slots;
-use crate::routes::{RouteResult, RouteTable};
 use crate::secret::SecretSource;
-use crate::topic::{CommandTopic, TopicPrefix};
-use crate::translate::{translate, Limits};
+use crate::topic::TopicPrefix;
+use crate::translate::Limits;
 
 /// Our QoS 1 publishes (results, states) awaiting the broker's PUBACK at once.
 const OUTGOING_INFLIGHT: u16 = 256;
@@ -178,56 +177,6 @@ impl Overflow {
     }
 }
 
-/// `queue.dedupe_window`: the correlations of recent commands, per topic.
-///
-/// Only a 64-bit hash of each (topic, correlation) is kept, not the key
-/// itself (up to ~1 KiB): keyed by a `RandomState` made for this window, so
-/// a publisher cannot craft colliding keys. Among at most [`Dedupe::MAX`]
-/// remembered hashes the chance that a new key collides with one (and is
-/// refused as a duplicate) is below 100 000 / 2^64 ≈ 5·10^-15.
-#[derive(Debug)]
-pub struct Dedupe {
-    window: Duration,
-    keys: std::collections::hash_map::RandomState,
-    seen: HashSet<u64>,
-    order: VecDeque<(Instant, u64)>,
-}
-
-impl Dedupe {
-    /// At most this many remembered: the oldest are forgotten first.
-    const MAX: usize = 100_000;
-
-    pub fn new(window: Duration) -> Self {
-        Self { window, keys: Default::default(), seen: HashSet::new(), order: VecDeque::new() }
-    }
-
-    /// Whether this (topic, correlation) is new within the window; remembers it.
-    pub fn first(&mut self, topic: &str, correlation: &serde_json::Value, now: Instant) -> bool {
-        while let Some((at, key)) = self.order.front() {
-            if now.duration_since(*at) <= self.window && self.order.len() < Self::MAX {
-                break;
-            }
-            self.seen.remove(key);
-            self.order.pop_front();
-        }
-        let key = self.key(topic, correlation);
-        if !self.seen.insert(key) {
-            return false;
-        }
-        self.order.push_back((now, key));
-        true
-    }
-
-    fn key(&self, topic: &str, correlation: &serde_json::Value) -> u64 {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut h = self.keys.build_hasher();
-        // `str`'s Hash ends with a separator: ("ab", "c") and ("a", "bc") differ.
-        topic.hash(&mut h);
-        correlation.to_string().hash(&mut h);
-        h.finish()
-    }
-}
-
 /// Stable subscription identifiers per route filter (1, 2, …).
 #[derive(Debug, Default)]
 pub struct SubscriptionIds {
@@ -251,13 +200,6 @@ impl SubscriptionIds {
         let set: HashSet<String> = ids.iter().filter_map(|id| self.by_id.get(id).cloned()).collect();
         (!set.is_empty()).then_some(set)
     }
-}
-
-/// What a reload can change without a restart.
-#[derive(Debug, Clone)]
-pub struct Rules {
-    pub access: AccessPolicy,
-    pub routes: Arc<RouteTable>,
 }
 
 /// A registered message not yet admitted.
@@ -560,8 +502,7 @@ impl Ingress {
     }
 
     fn is_command_topic(&self, topic: &[u8]) -> bool {
-        let prefix = self.config.prefix.as_str().as_bytes();
-        topic.len() > prefix.len() && topic.starts_with(prefix) && topic[prefix.len()] == b'/'
+        admission::is_command_topic(&self.config.prefix, topic)
     }
 
     /// Subscribes the command topics and the routes' filters.
@@ -630,219 +571,68 @@ impl Ingress {
         self.metrics.overflow.set(self.overflow.parked.len() as i64);
     }
 
-    /// Parses, checks and queues one command, or reports why not.
+    /// Admits one message: [`admission::decide`] says what becomes of it;
+    /// here its calls take queue slots and go to the queue, its rejections
+    /// to the publisher, and the ack tracker learns how many outcomes the
+    /// message waits for.
     fn admit(&mut self, incoming: Parked, out: &Outputs) {
-        let qos = incoming.publish.qos;
-        if incoming.publish.topic.len() > self.limits.max_topic_length {
-            let topic = String::from_utf8_lossy(&incoming.publish.topic);
-            let shown: String = topic.chars().take(64).collect();
-            let detail = format!("topic of {} bytes", topic.len());
-            let report = Report::rejected(
-                incoming.seq,
-                incoming.received_at,
-                format!("{shown}…"),
-                ErrorCode::TopicTooLong,
-                detail,
-            );
-            self.metrics.messages_received.with_label_values(&["other"]).inc();
-            self.reject(out, qos, report);
-            return;
-        }
-        if !self.is_command_topic(&incoming.publish.topic) {
-            self.admit_routed(incoming, out);
-            return;
-        }
         let Parked { publish, seq, received_at } = incoming;
-        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-        let parsed = self.config.prefix.parse_command(&topic);
-        let kind = match &parsed {
-            Ok(CommandTopic::Call { .. }) => "call",
-            Ok(CommandTopic::Set(_)) => "set",
-            Ok(CommandTopic::Get(_)) => "get",
-            Err(_) => "other",
+        let rules = Arc::clone(&self.rules.borrow());
+        let ctx = admission::Context {
+            prefix: &self.config.prefix,
+            rules: &rules,
+            limits: &self.limits,
+            state_filter: &self.state_filter,
+            max_age: self.max_age,
         };
-        self.metrics.messages_received.with_label_values(&[kind]).inc();
-        let mut reply = ReplyTo::default();
-        let mut expiry = None;
-        if let Some(p) = &publish.properties {
-            reply.response_topic = p.response_topic.clone().filter(|t| !t.is_empty() && !t.contains(['+', '#']));
-            reply.correlation_data = p.correlation_data.clone();
-            expiry = p.message_expiry_interval.map(|s| Duration::from_secs(u64::from(s)));
-        }
-        let reject = |code: ErrorCode, service, reply: ReplyTo, detail: String| Report {
-            service,
-            reply,
-            ..Report::rejected(seq, received_at, topic.clone(), code, detail)
+        let ids = publish.properties.as_ref().map(|p| p.subscription_identifiers.as_slice()).unwrap_or_default();
+        let only = if admission::is_command_topic(&self.config.prefix, &publish.topic) {
+            None
+        } else {
+            self.subscription_ids.filters(ids)
         };
-        if publish.retain {
-            self.reject(
-                out,
-                qos,
-                reject(ErrorCode::Retained, parsed_service(&parsed), reply, "retained command ignored".into()),
-            );
-            return;
+        let msg = admission::Message { publish: &publish, seq, received_at, only: only.as_ref() };
+        let decision = admission::decide(&ctx, self.dedupe.as_mut(), &msg, std::time::SystemTime::now());
+        self.metrics.messages_received.with_label_values(&[decision.kind.as_str()]).inc();
+        if decision.duplicate {
+            self.metrics.duplicates.inc();
         }
-        let parsed = match parsed {
-            Ok(p) => p,
-            Err(e) => {
-                self.reject(out, qos, reject(ErrorCode::InvalidTopic, None, reply, e.to_string()));
+        match decision.parts() {
+            0 => {
+                self.metrics.route_skipped.inc();
+                let _ = out.acks.send(AckMsg::Complete(seq));
                 return;
             }
-        };
-        let translated = match translate(&parsed, &publish.payload, &self.limits) {
-            Ok(t) => t,
-            Err(refused) => {
-                reply.correlation = refused.correlation;
-                self.reject(out, qos, reject(refused.code, parsed_service(&Ok(parsed)), reply, refused.detail));
-                return;
-            }
-        };
-        reply.correlation = translated.correlation;
-        let action = translated.action;
-        // The result topic names the service actually called (set → turn_on…).
-        let service = Some(action.result_service());
-        if let Some(sent) = translated.sent_at {
-            let now = std::time::SystemTime::now();
-            let old = now.duration_since(sent).is_ok_and(|age| age > self.max_age);
-            let future = sent.duration_since(now).is_ok_and(|ahead| ahead > Duration::from_secs(60));
-            if old || future {
-                self.reject(out, qos, reject(ErrorCode::Stale, service, reply, "ts is outside queue.max_age".into()));
-                return;
-            }
+            1 => {}
+            parts => self.tracker.lock().expect("ack tracker lock is never poisoned").set_parts(seq, parts),
         }
-        if let (Some(dedupe), Some(correlation)) = (&mut self.dedupe, &reply.correlation) {
-            if !dedupe.first(&topic, correlation, received_at) {
-                self.metrics.duplicates.inc();
-                self.reject(out, qos, reject(ErrorCode::Duplicate, service, reply, "correlation seen before".into()));
-                return;
-            }
+        let qos = publish.qos;
+        for report in decision.rejected {
+            self.reject(out, qos, report);
         }
-        let denied = match &action {
-            Action::Call(call) => self
-                .rules
-                .borrow()
-                .access
-                .authorize(call, &topic)
-                .err()
-                .map(|code| (code, format!("{} refused by [access] ({code})", call.name()))),
-            Action::Get(entity) if self.state_filter.excluded(&entity.to_string()) => {
-                Some((ErrorCode::EntityDenied, format!("{entity} is in state.exclude")))
-            }
-            Action::Get(entity) => self
-                .rules
-                .borrow()
-                .access
-                .authorize_read(entity, &topic)
-                .err()
-                .map(|code| (code, format!("reading {entity} refused by [access]"))),
-        };
-        if let Some((code, detail)) = denied {
-            self.reject(out, qos, reject(code, service, reply, detail));
-            return;
-        }
-        let Some(slot) = self.slots.try_take() else {
-            // Only QoS 0 gets here with the queue full (QoS 1 was parked).
-            self.reject(
-                out,
-                qos,
-                reject(ErrorCode::QueueFull, service, reply, "queue full; QoS 0 command dropped".into()),
-            );
-            return;
-        };
-        let max_age = expiry.map_or(self.max_age, |e| e.min(self.max_age));
-        self.next_id += 1;
-        let deadline = received_at + max_age;
-        let origin = Origin { topic: Arc::from(topic.as_str()), payload: publish.payload.clone() };
-        let command = Command {
-            id: self.next_id,
-            seq,
-            action,
-            reply,
-            received_at,
-            deadline,
-            route: None,
-            flow: None,
-            origin,
-            slot,
-        };
-        if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
-            // Only at shutdown: leave it unacked for the next session (its slot goes with it).
-            tracing::debug!(seq = command.seq, "queue closed; command left for the next session");
+        for admitted in decision.admitted {
+            self.queue(admitted, seq, received_at, qos, out);
         }
     }
 
-    /// A message on a route's topic: every matching route's call goes to the
-    /// queue (or its failure to the publisher); the message is acked when
-    /// all of them are final, at once if no route applies.
-    fn admit_routed(&mut self, incoming: Parked, out: &Outputs) {
-        let Parked { publish, seq, received_at } = incoming;
-        let qos = publish.qos;
-        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-        self.metrics.messages_received.with_label_values(&["route"]).inc();
-        let rules = Arc::clone(&self.rules.borrow());
-        if let Err(refused) = self.limits.check_size(&publish.payload) {
-            self.reject(out, qos, Report::rejected(seq, received_at, topic, refused.code, refused.detail));
+    /// One admitted call into the queue, with its slot. A QoS 1 message was
+    /// let in for a free slot (beyond capacity it is parked), and its
+    /// further calls (routes) take theirs too: it is never refused for room.
+    /// A QoS 0 message's call gets a slot only if one is free.
+    fn queue(&mut self, admitted: Admitted, seq: u64, received_at: Instant, qos: QoS, out: &Outputs) {
+        let slot = if qos == QoS::AtMostOnce { self.slots.try_take() } else { Some(self.slots.take()) };
+        let Some(slot) = slot else {
+            // Only QoS 0 gets here with the queue full (QoS 1 was parked).
+            let report =
+                admitted.refused(seq, received_at, ErrorCode::QueueFull, "queue full; QoS 0 command dropped".into());
+            self.reject(out, qos, report);
             return;
-        }
-        let ids = publish.properties.as_ref().map(|p| p.subscription_identifiers.as_slice()).unwrap_or_default();
-        let only = self.subscription_ids.filters(ids);
-        let results = rules.routes.evaluate(&topic, &publish.payload, only.as_ref());
-        let parts = results.iter().filter(|r| !matches!(r, RouteResult::Skipped { .. })).count();
-        if parts == 0 {
-            self.metrics.route_skipped.inc();
-            let _ = out.acks.send(AckMsg::Complete(seq));
-            return;
-        }
-        self.tracker.lock().expect("ack tracker lock is never poisoned").set_parts(seq, parts);
-        let qos0 = qos == QoS::AtMostOnce;
-        for result in results {
-            let report = |route, code, service, detail: String| Report {
-                service,
-                route: Some(route),
-                ..Report::rejected(seq, received_at, topic.clone(), code, detail)
-            };
-            let (route, call, flow) = match result {
-                RouteResult::Skipped { .. } => continue,
-                RouteResult::Failed { route, code, detail } => {
-                    tracing::debug!(route = %route, error = %code, detail, "route failed");
-                    self.reject(out, qos, report(route, code, None, detail));
-                    continue;
-                }
-                RouteResult::Call { route, call, flow, flow_key } => {
-                    (route, call, (!flow.is_plain()).then_some((flow, flow_key)))
-                }
-            };
-            let service = Some((call.domain.clone(), call.service.clone()));
-            if let Err(code) = rules.access.authorize(&call, &topic) {
-                let detail = format!("{} refused by [access] ({code})", call.name());
-                self.reject(out, qos, report(route, code, service, detail));
-                continue;
-            }
-            // A QoS 1 message was admitted for its slot; its further calls take theirs too.
-            let slot = if qos0 { self.slots.try_take() } else { Some(self.slots.take()) };
-            let Some(slot) = slot else {
-                self.reject(
-                    out,
-                    qos,
-                    report(route, ErrorCode::QueueFull, service, "queue full; QoS 0 message dropped".into()),
-                );
-                continue;
-            };
-            self.next_id += 1;
-            let command = Command {
-                id: self.next_id,
-                seq,
-                action: Action::Call(call),
-                reply: ReplyTo::default(),
-                received_at,
-                deadline: received_at + self.max_age,
-                route: Some(route),
-                flow,
-                origin: Origin { topic: Arc::from(topic.as_str()), payload: publish.payload.clone() },
-                slot,
-            };
-            // Only at shutdown: unacked for the next session, its slot freed on drop.
-            let _ = out.commands.send(command);
+        };
+        self.next_id += 1;
+        let command = admitted.into_command(self.next_id, seq, received_at, slot);
+        if let Err(mpsc::error::SendError(command)) = out.commands.send(command) {
+            // Only at shutdown: unacked for the next session; its slot is freed on drop.
+            tracing::debug!(seq = command.seq, "queue closed; command left for the next session");
         }
     }
 
@@ -907,19 +697,6 @@ fn route_filter(path: String) -> Filter {
     }
 }
 
-fn parsed_service(
-    parsed: &Result<CommandTopic, crate::topic::TopicError>,
-) -> Option<(crate::topic::Slug, crate::topic::Slug)> {
-    match parsed {
-        Ok(CommandTopic::Call { domain, service }) => Some((domain.clone(), service.clone())),
-        Ok(CommandTopic::Set(entity)) => {
-            Some((entity.domain.clone(), crate::topic::Slug::parse("set").expect("valid slug")))
-        }
-        Ok(CommandTopic::Get(entity)) => Some(Action::Get(entity.clone()).result_service()),
-        Err(_) => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -958,40 +735,6 @@ mod tests {
         assert!(!o.caught_up(), "one reconnect at a time");
         o.reconnected();
         assert!(!o.must_shed(true) && !o.caught_up(), "the broker redelivers: a fresh start");
-    }
-
-    #[test]
-    fn dedupe_remembers_topic_and_correlation_within_its_window() {
-        let window = Duration::from_secs(10);
-        let t0 = Instant::now();
-        let c = |v: &str| serde_json::json!(v);
-        let mut d = Dedupe::new(window);
-        // (topic, correlation, seconds after t0, first?)
-        let table: &[(&str, &str, u64, bool, &str)] = &[
-            ("a/call/light/turn_on", "c1", 0, true, "new"),
-            ("a/call/light/turn_on", "c1", 1, false, "same topic and correlation within the window"),
-            ("a/call/light/turn_off", "c1", 1, true, "another topic"),
-            ("a/call/light/turn_on", "c2", 2, true, "another correlation"),
-            ("a/call/light/turn_on", "c1", 10, false, "at the window's end: still a duplicate"),
-            ("a/call/light/turn_on", "c1", 11, true, "after the window"),
-            ("a/call/light/turn_on", "c1", 12, false, "remembered again"),
-        ];
-        for &(topic, correlation, at, first, why) in table {
-            assert_eq!(d.first(topic, &c(correlation), t0 + Duration::from_secs(at)), first, "{why}");
-        }
-        // Beyond MAX the oldest is forgotten, even within the window.
-        let mut d = Dedupe::new(window);
-        for i in 0..Dedupe::MAX {
-            assert!(d.first("t", &serde_json::json!(i), t0));
-        }
-        assert!(!d.first("t", &serde_json::json!(1), t0), "all remembered");
-        assert!(d.first("t", &serde_json::json!("one more"), t0), "the oldest makes room");
-        assert!(d.first("t", &serde_json::json!(0), t0), "the oldest was forgotten");
-
-        // A remembered key costs the same whatever its length: a hash.
-        let mut d = Dedupe::new(window);
-        assert!(d.first(&"t".repeat(500), &c(&"x".repeat(500)), t0));
-        assert_eq!(std::mem::size_of_val(&d.order[0].1), 8, "a 64-bit hash per key, not the key");
     }
 
     /// An ingress on the default config, never connected: its steps are

@@ -4,7 +4,8 @@
 //! # Layout
 //! The data path, in order (see ARCHITECTURE.md):
 //! - [`config`]: load and validate settings (the only reader of env vars).
-//! - [`ingress`]: the MQTT connection; turns messages into commands.
+//! - [`ingress`]: the MQTT connection: registers, parks or sheds messages.
+//! - [`admission`]: one message → its commands and rejections (pure).
 //! - [`topic`], [`translate`], [`access`]: pure parsing, payload rules, policy.
 //! - [`routes`]: `[[route]]` filters and templates: any device's messages → calls.
 //! - [`queue`]: per-entity order, concurrency, rate limit, expiry, retries.
@@ -22,6 +23,7 @@
 
 pub mod access;
 pub mod ack;
+pub mod admission;
 pub mod app;
 pub mod backoff;
 pub mod bounds;

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Rules;
 use crate::config::{Config, ConfigErrors};
-use crate::ingress::Rules;
 use crate::metrics::Metrics;
 
 /// How often the config files are looked at.
