@@ -250,6 +250,41 @@ pub struct Ingress {
     pub backlog: Backlog,
 }
 
+/// The reconnect policy: jittered exponential backoff over consecutive
+/// failures. The count resets only once a connection has proved stable
+/// ([`STABLE`]): one that keeps dropping right after CONNACK (a client-id
+/// fight, a broker refusing us) backs off like one that cannot connect at
+/// all. After a session takeover the longest pause is taken at once:
+/// reconnecting sooner would take the session back and start a fight.
+#[derive(Debug)]
+pub struct Reconnect {
+    backoff: Backoff,
+    failures: u32,
+    connected_at: Option<Instant>,
+}
+
+impl Reconnect {
+    pub fn new(backoff: Backoff) -> Self {
+        Self { backoff, failures: 0, connected_at: None }
+    }
+
+    /// A CONNACK arrived at `now`.
+    pub fn connected(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// The pause before the next attempt after an error at `now`; `unit`
+    /// in `[0, 1]` is the jitter's random draw.
+    pub fn next_delay(&mut self, now: Instant, taken_over: bool, unit: f64) -> Duration {
+        if self.connected_at.take().is_some_and(|at| now.duration_since(at) >= STABLE) {
+            self.failures = 0;
+        }
+        let delay = if taken_over { self.backoff.max() } else { self.backoff.delay_with(self.failures, unit) };
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+}
+
 /// The broker closed the connection with DISCONNECT 0x8E (Session taken
 /// over): another client connected with our client id.
 fn is_taken_over(e: &rumqttc::v5::ConnectionError) -> bool {
@@ -268,8 +303,7 @@ impl Ingress {
     /// and acks of the ones in flight still go out.
     pub async fn run(mut self, outputs: Outputs, stop_taking: CancellationToken, stop_polling: CancellationToken) {
         let mut outputs = Some(outputs);
-        let mut failures = 0u32;
-        let mut connected_at: Option<Instant> = None;
+        let mut reconnect = Reconnect::new(self.config.reconnect);
         let mut connected_once = false;
         loop {
             let event = tokio::select! {
@@ -294,11 +328,7 @@ impl Ingress {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    // `failures` resets only once a connection has proved
-                    // stable: a connection that keeps dropping right after
-                    // CONNACK (a client-id fight, a broker refusing us) backs
-                    // off like one that cannot connect at all.
-                    connected_at = Some(Instant::now());
+                    reconnect.connected(Instant::now());
                     self.on_connack(ack.session_present, connected_once);
                     connected_once = true;
                 }
@@ -309,32 +339,7 @@ impl Ingress {
                     }
                     None => tracing::debug!("shutting down: command left for the next session"),
                 },
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let forgotten = {
-                        let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned");
-                        let forgotten = tracker.redeliveries_over();
-                        self.metrics.acks_pending.set(tracker.pending() as i64);
-                        forgotten
-                    };
-                    if forgotten > 0 {
-                        // Nothing more to wait for: the acker may act on it.
-                        if let Some(out) = &outputs {
-                            let _ = out.acks.send(AckMsg::Flush);
-                        }
-                        tracing::warn!(
-                            commands = forgotten,
-                            "the broker did not redeliver unacknowledged commands of the last connection \
-                             (restored from an older save?); they ran or still run, nothing is left to ack"
-                        );
-                    }
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
-                    {
-                        tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription; check its ACLs");
-                    }
-                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => self.on_suback(&ack, outputs.as_ref()),
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
                     // rumqttc reports a broker's DISCONNECT as the error that
                     // ends the connection (handled below), and once more, queued,
@@ -353,25 +358,7 @@ impl Ingress {
                     tracing::debug!("reconnecting for the commands left to the broker");
                 }
                 Err(e) => {
-                    self.on_disconnect();
-                    let taken_over = is_taken_over(&e);
-                    if taken_over {
-                        // Another client uses our client_id. Reconnecting at once
-                        // would take it back and start a fight: wait the longest pause.
-                        self.metrics.mqtt_taken_over.inc();
-                        tracing::error!(
-                            client_id = %self.config.client_id,
-                            "another client connected with this client_id and took over the session; \
-                             give every gateway instance its own mqtt.client_id"
-                        );
-                    }
-                    if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
-                        failures = 0;
-                    }
-                    let delay =
-                        if taken_over { self.config.reconnect.max() } else { self.config.reconnect.delay(failures) };
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
+                    let delay = self.on_error(&e, &mut reconnect);
                     tokio::select! {
                         _ = stop_polling.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -380,6 +367,49 @@ impl Ingress {
             }
         }
         self.goodbye().await;
+    }
+
+    /// The first SUBACK of a connection: the broker has redelivered all it
+    /// will (see [`AckTracker::redeliveries_over`]).
+    fn on_suback(&mut self, ack: &rumqttc::v5::mqttbytes::v5::SubAck, out: Option<&Outputs>) {
+        let forgotten = {
+            let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned");
+            let forgotten = tracker.redeliveries_over();
+            self.metrics.acks_pending.set(tracker.pending() as i64);
+            forgotten
+        };
+        if forgotten > 0 {
+            // Nothing more to wait for: the acker may act on it.
+            if let Some(out) = out {
+                let _ = out.acks.send(AckMsg::Flush);
+            }
+            tracing::warn!(
+                commands = forgotten,
+                "the broker did not redeliver unacknowledged commands of the last connection \
+                 (restored from an older save?); they ran or still run, nothing is left to ack"
+            );
+        }
+        if ack.return_codes.iter().any(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_))) {
+            tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription; check its ACLs");
+        }
+    }
+
+    /// The connection failed (or could not be made): how long to wait
+    /// before the next attempt.
+    fn on_error(&mut self, e: &rumqttc::v5::ConnectionError, reconnect: &mut Reconnect) -> Duration {
+        self.on_disconnect();
+        let taken_over = is_taken_over(e);
+        if taken_over {
+            self.metrics.mqtt_taken_over.inc();
+            tracing::error!(
+                client_id = %self.config.client_id,
+                "another client connected with this client_id and took over the session; \
+                 give every gateway instance its own mqtt.client_id"
+            );
+        }
+        let delay = reconnect.next_delay(Instant::now(), taken_over, rand::random::<f64>());
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
+        delay
     }
 
     /// The connection is gone: no ack may leave until the next one has
@@ -700,6 +730,30 @@ fn route_filter(path: String) -> Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_backs_off_until_a_connection_proves_stable() {
+        let backoff = Backoff::try_new(Duration::from_millis(100), Duration::from_secs(2)).unwrap();
+        let mut r = Reconnect::new(backoff);
+        let ms = Duration::from_millis;
+        // (connect first?, time connected, taken over, expected delay at the top of the jitter)
+        let table = [
+            (false, ms(0), false, ms(100), "first failure: the shortest pause"),
+            (false, ms(0), false, ms(200), "doubling"),
+            (true, ms(500), false, ms(400), "a short-lived connection does not reset the count"),
+            (true, ms(500), true, ms(2000), "a takeover: the longest pause at once"),
+            (true, STABLE, false, ms(100), "a stable connection resets the count"),
+            (false, ms(0), false, ms(200), "and it grows again"),
+        ];
+        for (connect, lasted, taken_over, want, why) in table {
+            if connect {
+                r.connected(Instant::now());
+                tokio::time::advance(lasted).await;
+            }
+            assert_eq!(r.next_delay(Instant::now(), taken_over, 1.0), want, "{why}");
+        }
+        assert_eq!(r.next_delay(Instant::now(), false, 0.0), ms(400) / 2, "jitter at most halves it");
+    }
 
     #[test]
     fn only_a_disconnect_saying_session_taken_over_is_a_takeover() {

@@ -95,89 +95,116 @@ impl Executor {
         let mut spent = Spent::default();
         let mut last: Option<HaError> = None;
         loop {
-            if Instant::now() >= cmd.deadline {
-                return expired(last);
-            }
-            let gate = tokio::select! {
-                r = self.ha.gate.wait_open(cmd.deadline) => r,
-                _ = self.shutdown.cancelled() => return shutting_down(),
-            };
             // Held until HA answered: a probe that gives up on the way
             // (deadline, shutdown) hands its role back when this drops.
-            let Ok(_pass) = gate else {
-                return Outcome::failed(
-                    ErrorCode::HaUnauthorized,
-                    Some(401),
-                    "token refused until the command expired".to_owned(),
-                );
-            };
-            let slot = self.limiter.reserve();
-            // No timer for a zero wait: tokio's timer ticks in milliseconds,
-            // and a sleep of nothing would cost one.
-            if !slot.is_zero() {
-                self.metrics.rate_limited.inc();
-                self.metrics.rate_limit_wait.inc_by(slot.as_secs_f64());
-                match self.wait(Instant::now() + slot, cmd.deadline).await {
-                    Wait::Done => {}
-                    Wait::Deadline => return expired(last),
-                    Wait::Shutdown => return shutting_down(),
+            let _pass = match self.may_send(cmd).await {
+                Ok(pass) => pass,
+                Err(Stop::Expired) => return expired(last),
+                Err(Stop::Shutdown) => return shutting_down(),
+                Err(Stop::Refused) => {
+                    let detail = "token refused until the command expired".to_owned();
+                    return Outcome::failed(ErrorCode::HaUnauthorized, Some(401), detail);
                 }
-            }
-            let started = Instant::now();
+            };
             tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let result = self.ha.execute(&cmd.action).await;
-            self.metrics.ha_latency.observe(started.elapsed().as_secs_f64());
-            self.metrics
-                .ha_calls
-                .with_label_values(&[metrics::status_class(result.as_ref().map(|r| r.status).map_err(|e| e.kind))])
-                .inc();
-            self.health.observe(&self.metrics, result.as_ref().map(|_| ()).map_err(|e| e.kind));
-            let error = match result {
+            let error = match self.attempt(&cmd.action).await {
                 Ok(response) => return Outcome::done(response.status, response.changed),
                 Err(e) => e,
             };
-            let backoff_from = match next_after(&error, idempotent, &mut spent, self.max_attempts) {
+            let delay = match next_after(&error, idempotent, &mut spent, self.max_attempts) {
                 Next::GiveUp => return final_failure(error),
                 Next::AwaitAuth => {
                     last = Some(error);
                     continue;
                 }
                 Next::AwaitHa { step } => self.retry.delay(step),
-                Next::Retry { step, at_least, pause_all } => {
-                    let delay = self.retry.delay(step).max(at_least);
-                    if pause_all {
-                        // "Too many requests" is about all calls: hold them all.
-                        tracing::info!(pause_ms = delay.as_millis() as u64, "home assistant asked to slow down");
-                        self.limiter.pause(delay);
-                    }
-                    delay
-                }
+                Next::Retry { step, at_least, pause_all } => self.retry_delay(step, at_least, pause_all),
             };
             tracing::debug!(action = %cmd.action.name(), attempt = spent.attempts, error = %error, "retrying");
             self.metrics.retries.inc();
             let connect_error = error.kind == HaErrorKind::Connect;
             last = Some(error);
-            // Registered before the check: a recovery in between still wakes us.
-            let back = self.health.ha_back.notified();
-            let wait = self.wait(Instant::now() + backoff_from, cmd.deadline);
-            let waited = if !connect_error {
-                wait.await
-            } else if Health::get(&self.health.ha_reachable) {
-                // Another call got through since ours failed.
-                Wait::Done
-            } else {
-                tokio::select! {
-                    w = wait => w,
-                    () = back => Wait::Done,
-                }
-            };
-            match waited {
+            match self.wait_to_retry(connect_error, delay, cmd.deadline).await {
                 Wait::Done => {}
                 Wait::Deadline => return expired(last),
                 Wait::Shutdown => return shutting_down(),
             }
         }
     }
+
+    /// Until the command may be sent: before its deadline, through the auth
+    /// gate and the rate limit.
+    async fn may_send(&self, cmd: &Command) -> Result<crate::ha::Pass, Stop> {
+        if Instant::now() >= cmd.deadline {
+            return Err(Stop::Expired);
+        }
+        let pass = tokio::select! {
+            r = self.ha.gate.wait_open(cmd.deadline) => r.map_err(|_| Stop::Refused)?,
+            _ = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+        };
+        let slot = self.limiter.reserve();
+        // No timer for a zero wait: tokio's timer ticks in milliseconds,
+        // and a sleep of nothing would cost one.
+        if !slot.is_zero() {
+            self.metrics.rate_limited.inc();
+            self.metrics.rate_limit_wait.inc_by(slot.as_secs_f64());
+            match self.wait(Instant::now() + slot, cmd.deadline).await {
+                Wait::Done => {}
+                Wait::Deadline => return Err(Stop::Expired),
+                Wait::Shutdown => return Err(Stop::Shutdown),
+            }
+        }
+        Ok(pass)
+    }
+
+    /// One HTTP attempt, measured and counted, its answer told to `Health`.
+    async fn attempt(&self, action: &Action) -> Result<crate::ha::CallResponse, HaError> {
+        let started = Instant::now();
+        let result = self.ha.execute(action).await;
+        self.metrics.ha_latency.observe(started.elapsed().as_secs_f64());
+        let class = metrics::status_class(result.as_ref().map(|r| r.status).map_err(|e| e.kind));
+        self.metrics.ha_calls.with_label_values(&[class]).inc();
+        self.health.observe(&self.metrics, result.as_ref().map(|_| ()).map_err(|e| e.kind));
+        result
+    }
+
+    /// The backoff of step `step`, at least `at_least`; a 429 holds every call.
+    fn retry_delay(&self, step: u32, at_least: Duration, pause_all: bool) -> Duration {
+        let delay = self.retry.delay(step).max(at_least);
+        if pause_all {
+            // "Too many requests" is about all calls: hold them all.
+            tracing::info!(pause_ms = delay.as_millis() as u64, "home assistant asked to slow down");
+            self.limiter.pause(delay);
+        }
+        delay
+    }
+
+    /// Waits `delay` before a retry; after a connection error, ends early
+    /// as soon as HA answers again (`Health::ha_back`).
+    async fn wait_to_retry(&self, connect_error: bool, delay: Duration, deadline: Instant) -> Wait {
+        // Registered before the check: a recovery in between still wakes us.
+        let back = self.health.ha_back.notified();
+        let wait = self.wait(Instant::now() + delay, deadline);
+        if !connect_error {
+            wait.await
+        } else if Health::get(&self.health.ha_reachable) {
+            // Another call got through since ours failed.
+            Wait::Done
+        } else {
+            tokio::select! {
+                w = wait => w,
+                () = back => Wait::Done,
+            }
+        }
+    }
+}
+
+/// Why a command stops before its next attempt.
+enum Stop {
+    Expired,
+    Shutdown,
+    /// The auth gate stayed closed until the deadline.
+    Refused,
 }
 
 /// What a command has spent on failures so far.
