@@ -124,6 +124,20 @@ pub fn load(
     validate(raw)
 }
 
+/// The config file's top-level sections, as environment variable names.
+const SECTIONS: &[&str] = &["MQTT", "HOME_ASSISTANT", "QUEUE", "ACCESS", "LIMITS", "STATE", "METRICS", "LOG", "ROUTE"];
+
+/// Whether `MQTT_HA_GATEWAY_<name>` is meant for the config: it names a
+/// section (`QUEUE__CAPACITY`, or `QUEUE_CAPACITY`, a typo reported as an
+/// unknown key). Others — `CONFIG` (the file's path), tools' variables such
+/// as the test scripts' `CACHE_DIR` — are not config.
+fn is_config_var(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    SECTIONS
+        .iter()
+        .any(|section| name.strip_prefix(section).is_some_and(|rest| rest.is_empty() || rest.starts_with('_')))
+}
+
 /// The figment layering, without validation.
 pub fn load_raw(
     file: &Path,
@@ -136,8 +150,7 @@ pub fn load_raw(
     let env: Vec<(String, String)> = vars
         .into_iter()
         .filter_map(|(k, v)| Some((k.strip_prefix(ENV_PREFIX)?.to_owned(), v)))
-        // MQTT_HA_GATEWAY_CONFIG names the file, it is not a key.
-        .filter(|(k, _)| k != "CONFIG")
+        .filter(|(k, _)| is_config_var(k))
         .collect();
     let mut figment = Figment::new().merge(Toml::file(file));
     for (key, value) in env {

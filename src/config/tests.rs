@@ -241,3 +241,15 @@ fn the_longest_accepted_durations_are_safe_at_run_time() {
         assert_eq!(keys(load_str(toml, &[TOKEN]).unwrap_err()), [key]);
     }
 }
+
+/// `MQTT_HA_GATEWAY_<SECTION>__<KEY>` sets a key. Other variables that
+/// share the prefix but name no section are tools' (the config file's path,
+/// the test scripts' cache and Python), not config; a section's name with a
+/// single underscore is a typo and stays an error.
+#[test]
+fn only_variables_naming_a_section_are_config() {
+    let c = load_str("", &[TOKEN, ("CACHE_DIR", "/somewhere"), ("PYTHON", "python3.13"), ("QUEUE__CAPACITY", "70")]);
+    assert_eq!(c.expect("tools' variables are ignored").queue.capacity.get(), 70);
+    let typo = load_str("", &[TOKEN, ("QUEUE_CAPACITY", "7")]).unwrap_err();
+    assert!(typo.0.iter().any(|e| e.message.contains("queue_capacity")), "{typo}");
+}

@@ -547,6 +547,62 @@ mod tests {
         HaError { kind, status: None, retry_after: retry_after.map(Duration::from_secs), message: String::new() }
     }
 
+    /// An executor whose HA is never reached: these tests end before any call.
+    fn executor(rate: Option<u32>) -> Executor {
+        let vars = [("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN".to_owned(), "abc".to_owned())];
+        let config = crate::config::load(std::path::Path::new("absent.toml"), false, vars).expect("defaults are valid");
+        let ha = &config.home_assistant;
+        let (_, token) = tokio::sync::watch::channel(secrecy::SecretString::from("abc"));
+        let one = NonZeroU32::new(1).unwrap();
+        Executor {
+            ha: HaClient::new(ha, crate::ha::AuthGate::new(ha.auth_backoff, token)).unwrap(),
+            limiter: RateLimiter::new(rate.and_then(NonZeroU32::new), one),
+            max_attempts: ha.max_attempts,
+            retry: ha.retry,
+            metrics: Metrics::new(),
+            health: Arc::new(Health::default()),
+            shutdown: CancellationToken::new(),
+            dry_run: false,
+        }
+    }
+
+    fn command_due_in(deadline: Duration) -> Command {
+        let mut cmd = throttled(1, "x", Duration::from_secs(1));
+        cmd.flow = None;
+        cmd.deadline = Instant::now() + deadline;
+        cmd
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_past_its_deadline_expires_without_a_call() {
+        let executor = executor(None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let cmd = command_due_in(Duration::ZERO);
+        let outcome = executor.execute(&cmd).await;
+        assert_eq!((outcome.error, outcome.attempts), (Some(ErrorCode::Expired), 0));
+    }
+
+    /// The rate limit would let it go after its deadline: it expires at the
+    /// deadline, not after the wait, and never reaches HA.
+    #[tokio::test(start_paused = true)]
+    async fn a_command_expires_at_its_deadline_while_waiting_for_the_rate_limit() {
+        let executor = executor(Some(1));
+        let _ = executor.limiter.reserve(); // the burst of one is spent
+        let start = Instant::now();
+        let outcome = executor.execute(&command_due_in(Duration::from_millis(400))).await;
+        assert_eq!((outcome.error, outcome.attempts), (Some(ErrorCode::Expired), 0));
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_rate_limit_wait_unacked() {
+        let executor = executor(Some(1));
+        let _ = executor.limiter.reserve();
+        executor.shutdown.cancel();
+        let outcome = executor.execute(&command_due_in(Duration::from_secs(60))).await;
+        assert_eq!((outcome.error, outcome.attempts), (Some(ErrorCode::ShuttingDown), 0));
+    }
+
     /// (kind, idempotent, Retry-After, spent before, max_attempts) → next, spent after.
     #[test]
     fn retry_decisions() {
