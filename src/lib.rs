@@ -22,26 +22,26 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
-pub mod ack;
-pub mod admission;
+pub(crate) mod ack;
+pub(crate) mod admission;
 pub mod app;
-pub mod backoff;
-pub mod bounds;
+pub(crate) mod backoff;
+pub(crate) mod bounds;
 pub mod command;
 pub mod config;
 pub mod ha;
-pub mod http;
-pub mod ingress;
+pub(crate) mod http;
+pub(crate) mod ingress;
 pub mod metrics;
-pub mod mirror;
+pub(crate) mod mirror;
 #[cfg(test)]
 mod properties;
-pub mod publisher;
-pub mod queue;
+pub(crate) mod publisher;
+pub(crate) mod queue;
 pub mod reload;
 pub mod routes;
-pub mod secret;
-pub mod slots;
+pub(crate) mod secret;
+pub(crate) mod slots;
 pub mod supervise;
 pub mod topic;
 pub mod translate;

@@ -74,10 +74,6 @@ impl Slots {
         self.held.load(Ordering::Acquire)
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub fn is_full(&self) -> bool {
         self.held() >= self.capacity
     }

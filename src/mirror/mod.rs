@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 pub use filter::StateFilter;
-pub use out::{state_messages, state_payload, Published, StateMessages, StateOptions, StateOut};
-pub use ws::{parse, tls_config, Incoming};
+pub use out::{StateOptions, StateOut};
+pub use ws::{tls_config, Incoming};
 
 use crate::backoff::Backoff;
 use crate::ha::HaClient;

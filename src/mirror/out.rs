@@ -153,10 +153,6 @@ impl StateOut {
         *series = Some(unit);
     }
 
-    pub fn filter(&self) -> &StateFilter {
-        &self.filter
-    }
-
     /// A state a call returned, or a get fetched (`force`: publish even if
     /// unchanged). The entity is mirrored from now on, unless excluded.
     pub async fn touched(&self, state: &Value, force: bool) -> Published {

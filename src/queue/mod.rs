@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::slots::Slots;
 pub use order::OrderBook;
-pub use rate::{RateLimiter, TokenBucket};
+pub use rate::RateLimiter;
 
 use crate::backoff::Backoff;
 use crate::command::Report;

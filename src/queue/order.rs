@@ -63,15 +63,6 @@ impl OrderBook {
             }
         }
     }
-
-    /// Commands inserted and not finished.
-    pub fn len(&self) -> usize {
-        self.blocked.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.blocked.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -98,7 +89,7 @@ mod tests {
         b.finish(1);
         assert_eq!(drain(&mut b), vec![2]);
         b.finish(2);
-        assert!(b.is_empty());
+        assert!(b.blocked.is_empty());
     }
 
     #[test]
@@ -116,6 +107,6 @@ mod tests {
         b.finish(3);
         assert_eq!(drain(&mut b), vec![4]);
         b.finish(4);
-        assert_eq!(b.len(), 0);
+        assert_eq!(b.blocked.len(), 0);
     }
 }
