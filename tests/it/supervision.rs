@@ -41,7 +41,9 @@ async fn every_stage_that_panics_stops_the_gateway_with_its_name() {
 async fn a_dead_publisher_makes_healthz_fail_and_loses_no_command() {
     let Some(rig) = rig("supervision_publisher").await else { return };
     let mut client = TestClient::connect(rig.broker.port, "supervision", &[&format!("{PREFIX}/result/#")]).await;
-    rig.ha.set_delay(Duration::from_millis(1500));
+    // The drain waits for this call (up to the 15 s grace): a window wide
+    // enough to see /healthz even on a loaded machine.
+    rig.ha.set_delay(Duration::from_secs(8));
     let fail = failing("publisher");
     let trigger = fail.trigger.clone();
     let gateway = Gateway::start_full(&rig.config, &[], false, Some(fail)).await;
