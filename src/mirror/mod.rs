@@ -105,7 +105,9 @@ impl Mirror {
     /// connection may have lost the retained one; not on every retry.
     async fn set_online(&mut self, online: bool) {
         self.metrics.ha_websocket_connected.set(i64::from(online));
-        let status = (online, *self.mqtt_connections.borrow());
+        // Published before the first connection, it goes out on it: count
+        // it as connection 1's, or the first retry after CONNACK repeats it.
+        let status = (online, (*self.mqtt_connections.borrow()).max(1));
         if self.published_status == Some(status) {
             return;
         }

@@ -426,18 +426,20 @@ async fn a_proxy_answering_429_pauses_all_calls_for_retry_after_and_nothing_is_l
     let gateway = Gateway::start(&config, &[("HOME_ASSISTANT__MAX_ATTEMPTS", "10")]).await;
     let mut client = TestClient::connect(rig.broker.port, "chaos-429", &[&format!("{PREFIX}/status")]).await;
     client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
-    proxy.set(Mode::TooManyRequests(2));
+    // Retry-After of 4 s: wide enough that a slow test (a loaded machine)
+    // lets traffic through before any refused call tries again.
+    proxy.set(Mode::TooManyRequests(4));
     publish_all(&client, 30).await;
     gateway.wait_metric(r#"ha_calls_total{class="429"}"#, T, |v| v >= 1.0).await;
     let refused_at = tokio::time::Instant::now();
-    // The proxy lets everything through from now on, yet within the 2 s of
+    // The proxy lets everything through from now on, yet within the 4 s of
     // Retry-After no call goes out: the whole gateway paused, not only the
     // refused command.
     proxy.set(Mode::Pass);
     rig.ha.wait_calls(T, "all thirty", |_| distinct(&rig.ha) == 30).await;
     let first_through = rig.ha.calls().iter().map(|c| c.at).min().unwrap();
     assert!(
-        first_through >= refused_at + Duration::from_millis(1500),
+        first_through >= refused_at + Duration::from_millis(3500),
         "a call reached HA {:?} after the 429",
         first_through.saturating_duration_since(refused_at)
     );
