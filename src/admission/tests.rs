@@ -15,17 +15,25 @@ fn config(extra: &[(&str, &str)]) -> crate::config::Config {
     crate::config::load(std::path::Path::new("absent.toml"), false, vars).expect("a valid test config")
 }
 
+/// The rules `config` loads, and an empty `[state]` filter.
+fn rules_of(config: &crate::config::Config) -> (Rules, StateFilter) {
+    (Rules { access: config.access.clone(), routes: Arc::clone(&config.routes) }, StateFilter::empty())
+}
+
+fn context<'a>(config: &'a crate::config::Config, rules: &'a Rules, filter: &'a StateFilter) -> Context<'a> {
+    Context {
+        prefix: &config.mqtt.prefix,
+        rules,
+        limits: &config.limits,
+        state_filter: filter,
+        max_age: config.queue.max_age,
+    }
+}
+
 /// Decides one message on `topic` with `payload` under `config`.
 fn decide_on(config: &crate::config::Config, topic: &str, payload: &[u8], retain: bool) -> Decision {
-    let rules = Rules { access: config.access.clone(), routes: Arc::clone(&config.routes) };
-    let filter = StateFilter::empty();
-    let ctx = Context {
-        prefix: &config.mqtt.prefix,
-        rules: &rules,
-        limits: &config.limits,
-        state_filter: &filter,
-        max_age: config.queue.max_age,
-    };
+    let (rules, filter) = rules_of(config);
+    let ctx = context(config, &rules, &filter);
     let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec(), None);
     publish.retain = retain;
     let msg = Message { publish: &publish, seq: 1, received_at: Instant::now(), only: None };
@@ -102,15 +110,8 @@ fn toml_routes(text: &str) -> crate::routes::raw::RawRoutesFile {
 #[test]
 fn a_repeated_correlation_is_a_duplicate_within_the_window() {
     let config = config(&[]);
-    let rules = Rules { access: config.access.clone(), routes: Arc::clone(&config.routes) };
-    let filter = StateFilter::empty();
-    let ctx = Context {
-        prefix: &config.mqtt.prefix,
-        rules: &rules,
-        limits: &config.limits,
-        state_filter: &filter,
-        max_age: config.queue.max_age,
-    };
+    let (rules, filter) = rules_of(&config);
+    let ctx = context(&config, &rules, &filter);
     let mut dedupe = Dedupe::new(Duration::from_secs(60));
     let publish = Publish::new("ha-gateway/call/light/turn_on", QoS::AtLeastOnce, r#"{"correlation":"c1"}"#, None);
     let msg = Message { publish: &publish, seq: 1, received_at: Instant::now(), only: None };
