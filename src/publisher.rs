@@ -38,14 +38,13 @@ pub use crate::command::Report;
 #[derive(Debug)]
 pub struct Backlog {
     places: Arc<Semaphore>,
-    /// When the last warning about dropped results was logged, and how many
-    /// were dropped since.
-    warned: Option<(Instant, u64)>,
+    /// The warning about dropped results.
+    warned: Warnings,
 }
 
 impl Default for Backlog {
     fn default() -> Self {
-        Self { places: Arc::new(Semaphore::new(Self::LIMIT)), warned: None }
+        Self { places: Arc::new(Semaphore::new(Self::LIMIT)), warned: Warnings::default() }
     }
 }
 
@@ -61,12 +60,27 @@ impl Backlog {
     /// One result dropped at `now`: `Some(suppressed)` when it is time to log
     /// again (at most once per [`WARN_EVERY`]), with the drops not logged since.
     pub fn dropped(&mut self, now: Instant) -> Option<u64> {
-        match &mut self.warned {
+        self.warned.due(now)
+    }
+}
+
+/// One kind of warning, logged at most once per [`WARN_EVERY`]; the ones in
+/// between are counted and reported with the next.
+#[derive(Debug, Default)]
+pub struct Warnings {
+    /// When it was last logged, and how many were suppressed since.
+    last: Option<(Instant, u64)>,
+}
+
+impl Warnings {
+    /// Whether to log one at `now`: `Some(suppressed since the last one)`.
+    pub fn due(&mut self, now: Instant) -> Option<u64> {
+        match &mut self.last {
             Some((at, suppressed)) if now.duration_since(*at) < WARN_EVERY => {
                 *suppressed += 1;
                 None
             }
-            warned => Some(warned.replace((now, 0)).map_or(0, |(_, suppressed)| suppressed)),
+            last => Some(last.replace((now, 0)).map_or(0, |(_, suppressed)| suppressed)),
         }
     }
 }
@@ -138,7 +152,7 @@ pub struct Publisher {
     pub states: Arc<StateOut>,
     pub metrics: Metrics,
     pub acks: mpsc::UnboundedSender<AckMsg>,
-    warned: HashMap<ErrorCode, (Instant, u64)>,
+    warned: HashMap<ErrorCode, Warnings>,
 }
 
 /// At most one warning per error code in this interval; the rest are counted.
@@ -242,11 +256,7 @@ impl Publisher {
         if code == ErrorCode::ShuttingDown {
             return;
         }
-        let now = Instant::now();
-        let entry = self.warned.entry(code).or_insert((now - WARN_EVERY * 2, 0));
-        if now.duration_since(entry.0) >= WARN_EVERY {
-            let suppressed = std::mem::take(&mut entry.1);
-            entry.0 = now;
+        if let Some(suppressed) = self.warned.entry(code).or_default().due(Instant::now()) {
             tracing::warn!(
                 service,
                 error = %code,
@@ -255,8 +265,6 @@ impl Publisher {
                 similar_suppressed = suppressed,
                 "command not done"
             );
-        } else {
-            entry.1 += 1;
         }
     }
 }
