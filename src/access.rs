@@ -354,6 +354,9 @@ mod tests {
             (json!({"entity_id": ["all"]}), Err(ErrorCode::TargetDenied)),
             (json!({"area_id": "kitchen"}), Err(ErrorCode::TargetDenied)),
             (json!({"device_id": "abc"}), Err(ErrorCode::TargetDenied)),
+            (json!({"floor_id": "ground_floor"}), Err(ErrorCode::TargetDenied)),
+            (json!({"label_id": "evening"}), Err(ErrorCode::TargetDenied)),
+            (json!({"entity_id": "light.hall", "label_id": ["evening"]}), Err(ErrorCode::TargetDenied)),
             (json!({"target": {"entity_id": "light.hall"}}), Err(ErrorCode::TargetDenied)),
             (json!({"entity_id": "0123456789abcdef0123456789abcdef"}), Err(ErrorCode::EntityDenied)),
             (json!({"entity_id": 7}), Err(ErrorCode::EntityDenied)),
@@ -366,8 +369,16 @@ mod tests {
                 "{data}"
             );
         }
-        let open = full(&["light.*"], &[], &["area_id", "all", "comma_list"], &[]);
+        let open = full(&["light.*"], &[], &["area_id", "floor_id", "label_id", "all", "comma_list"], &[]);
         assert!(open.authorize(&with("light.turn_on", json!({"area_id": "kitchen"})), "t").is_ok());
+        assert!(open.authorize(&with("light.turn_on", json!({"floor_id": "ground_floor"})), "t").is_ok());
+        assert!(open.authorize(&with("light.turn_on", json!({"label_id": ["evening", "kids"]})), "t").is_ok());
+        let labels_only = full(&["light.*"], &[], &["label_id"], &[]);
+        assert_eq!(
+            labels_only.authorize(&with("light.turn_on", json!({"floor_id": "ground_floor"})), "t"),
+            Err(ErrorCode::TargetDenied),
+            "allowing one kind allows no other"
+        );
         assert!(open.authorize(&with("light.turn_on", json!({"entity_id": "all"})), "t").is_ok());
         assert!(open.authorize(&with("light.turn_on", json!({"entity_id": "light.a, light.b"})), "t").is_ok());
         assert!(open.authorize(&with("light.turn_on", json!({})), "t").is_ok(), "no entity restriction");

@@ -246,7 +246,8 @@ pub struct RawState {
     pub attributes: bool,
     /// Also publish each attribute on `<prefix>/state/<domain>/<object_id>/<attribute>`.
     pub attribute_topics: bool,
-    /// Put `last_changed` and `last_updated` into the state JSON.
+    /// Put `last_changed`, `last_updated` and (HA >= 2024.4) `last_reported`
+    /// into the state JSON.
     pub timestamps: bool,
 }
 

@@ -55,6 +55,10 @@ pub fn state_messages(prefix: &TopicPrefix, options: StateOptions, state: &Value
         for key in ["last_changed", "last_updated"] {
             main.insert(key.into(), state.get(key).cloned().unwrap_or(Value::Null));
         }
+        // HA 2024.4 and newer; older releases have no such key.
+        if let Some(reported) = state.get("last_reported") {
+            main.insert("last_reported".into(), reported.clone());
+        }
     }
     let topic = prefix.state(&entity);
     let mut messages = vec![(topic.clone(), Value::Object(main).to_string().into_bytes())];
@@ -285,7 +289,7 @@ mod tests {
 
     fn state() -> Value {
         json!({"entity_id":"light.a","state":"on","attributes":{"brightness":3,"friendly_name":"A","bad/name":1},
-               "last_changed":"t1","last_updated":"t2","context":{"id":"x"}})
+               "last_changed":"t1","last_updated":"t2","last_reported":"t3","context":{"id":"x"}})
     }
 
     #[test]
@@ -293,11 +297,12 @@ mod tests {
         let table = [
             (
                 StateOptions::default(),
-                json!({"state":"on","attributes":{"brightness":3,"friendly_name":"A","bad/name":1},"last_changed":"t1","last_updated":"t2"}),
+                json!({"state":"on","attributes":{"brightness":3,"friendly_name":"A","bad/name":1},
+                       "last_changed":"t1","last_updated":"t2","last_reported":"t3"}),
             ),
             (
                 StateOptions { attributes: false, ..Default::default() },
-                json!({"state":"on","last_changed":"t1","last_updated":"t2"}),
+                json!({"state":"on","last_changed":"t1","last_updated":"t2","last_reported":"t3"}),
             ),
             (StateOptions { timestamps: false, attributes: false, ..Default::default() }, json!({"state":"on"})),
         ];
@@ -307,6 +312,19 @@ mod tests {
             assert_eq!(m.messages[0].0, "gw/state/light/a");
             assert_eq!(serde_json::from_slice::<Value>(&m.messages[0].1).unwrap(), expected, "{options:?}");
         }
+    }
+
+    #[test]
+    fn last_reported_is_passed_on_only_where_home_assistant_sends_it() {
+        // HA before 2024.4 has no `last_reported`: no null key appears for it.
+        let mut old = state();
+        old.as_object_mut().unwrap().remove("last_reported");
+        let options = StateOptions { attributes: false, ..Default::default() };
+        let m = state_messages(&prefix(), options, &old).unwrap();
+        let json: Value = serde_json::from_slice(&m.messages[0].1).unwrap();
+        assert_eq!(json, json!({"state":"on","last_changed":"t1","last_updated":"t2"}));
+        // The stale-event check keeps comparing `last_updated`.
+        assert_eq!(state_messages(&prefix(), options, &state()).unwrap().last_updated.as_deref(), Some("t2"));
     }
 
     #[test]
