@@ -118,6 +118,27 @@ pub fn dead_letter_payload(report: &Report, origin: &crate::command::Origin, cod
     Value::Object(m)
 }
 
+/// The dead letter as published: never over `max` bytes. The original
+/// payload (escaped as JSON, or hex) can be several times its size; its
+/// text is cut to fit and `"payload_truncated": true` says so.
+pub fn dead_letter_bytes(mut v: Value, max: usize) -> Vec<u8> {
+    let mut size = v.to_string().len();
+    while size > max {
+        let Some(text) = v.get("payload").and_then(Value::as_str) else { break };
+        // The escaped text shrinks in proportion, at worst: cut a little more.
+        let mut keep = (text.len() as u128 * max as u128 / size as u128) as usize;
+        keep = keep.saturating_sub(64);
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let cut = text[..keep].to_owned();
+        v["payload"] = json!(cut);
+        v["payload_truncated"] = json!(true);
+        size = v.to_string().len();
+    }
+    v.to_string().into_bytes()
+}
+
 /// The result payload of the contract.
 pub fn result_payload(report: &Report) -> Value {
     let o = &report.outcome;
@@ -262,7 +283,7 @@ impl Publisher {
                 if let (Some(code), Some(origin)) = (report.outcome.error, &report.origin) {
                     if is_dead_letter(code) {
                         self.metrics.dead_letters.inc();
-                        let payload = dead_letter_payload(&report, origin, code).to_string().into_bytes();
+                        let payload = dead_letter_bytes(dead_letter_payload(&report, origin, code), MAX_RESULT_BYTES);
                         self.publish(self.prefix.dead_letter(), false, payload, None).await;
                     }
                 }
@@ -442,5 +463,24 @@ mod tests {
         assert!(v.get("call").is_none());
         let small = report(Outcome::done(200, vec![json!({"entity_id": "light.a"})]), None);
         assert_eq!(result_bytes(&small, MAX_RESULT_BYTES), result_payload(&small).to_string().into_bytes());
+    }
+
+    /// A payload of control characters escapes to six times its size: the
+    /// dead letter still fits, cut.
+    #[test]
+    fn dead_letters_never_exceed_the_packet_cap() {
+        let origin = crate::command::Origin {
+            topic: std::sync::Arc::from("ha-gateway/call/light/turn_on"),
+            payload: bytes::Bytes::from(vec![1u8; crate::bounds::MAX_PAYLOAD_BYTES]),
+        };
+        let r = report(Outcome::failed(ErrorCode::Expired, None, None), Some(json!("c")));
+        let whole = dead_letter_payload(&r, &origin, ErrorCode::Expired);
+        assert!(whole.to_string().len() > MAX_RESULT_BYTES);
+        let bytes = dead_letter_bytes(whole, MAX_RESULT_BYTES);
+        assert!(bytes.len() <= MAX_RESULT_BYTES, "{}", bytes.len());
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((v["payload_truncated"].clone(), v["reason"].clone()), (json!(true), json!("expired")));
+        let small = dead_letter_payload(&r, &crate::command::Origin::default(), ErrorCode::Expired);
+        assert_eq!(dead_letter_bytes(small.clone(), MAX_RESULT_BYTES), small.to_string().into_bytes());
     }
 }
