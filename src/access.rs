@@ -269,7 +269,7 @@ mod tests {
 
     fn call(name: &str) -> ServiceCall {
         let (d, s) = name.split_once('.').unwrap();
-        ServiceCall { domain: Slug::parse(d).unwrap(), service: Slug::parse(s).unwrap(), data: Default::default() }
+        ServiceCall::new(Slug::parse(d).unwrap(), Slug::parse(s).unwrap(), Default::default())
     }
 
     fn policy(p: &[&str]) -> AccessPolicy {

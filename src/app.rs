@@ -155,6 +155,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         Arc::clone(&states),
         metrics.clone(),
         ack_tx.clone(),
+        config.limits.max_result_bytes,
     );
     pipeline.spawn("publisher", publisher.run(report_rx));
     pipeline.spawn(
@@ -355,11 +356,19 @@ pub async fn check_online(config: &Config, timeout: Duration) -> bool {
         client.probe().await.map_err(|e| match e.kind {
             crate::ha::HaErrorKind::Unauthorized => "the token was refused (401/403)".to_owned(),
             _ => e.to_string(),
-        })
+        })?;
+        Ok::<_, String>(client.get_version().await)
     }
     .await;
     match &ha {
-        Ok(()) => println!("home assistant: {} accepts the token", config.home_assistant.url),
+        Ok(version) => {
+            println!("home assistant: {} accepts the token", config.home_assistant.url);
+            match version {
+                Ok((text, _)) => crate::ha::version::check_lines(text).iter().for_each(|l| println!("{l}")),
+                // Informative only: the check is about reaching HA with the token.
+                Err(e) => println!("warning: home_assistant: cannot read its version: {e}"),
+            }
+        }
         Err(e) => println!("error: home_assistant: {e}"),
     }
     broker.is_ok() && ha.is_ok()

@@ -22,6 +22,20 @@ pub const PACKET_HEADROOM: usize = 128 * 1024;
 /// [`MAX_PACKET`] with its topic and properties, so it is answered.
 pub const MAX_PAYLOAD_BYTES: usize = MAX_PACKET as usize - PACKET_HEADROOM;
 
+/// The most services kept from Home Assistant's `GET /api/services` (a
+/// large home has about 1 500): beyond it the rest are not known, and calls
+/// to them are sent as asked, as if no catalogue had been read.
+pub const MAX_CATALOGUE_SERVICES: usize = 20_000;
+
+/// The default `limits.max_result_bytes`: a result with a service response
+/// larger than this goes out without it (`response_too_large`).
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 256 * 1024;
+
+/// The largest result payload the publisher sends, and the largest
+/// `limits.max_result_bytes`: like a command's payload, it must fit in
+/// [`MAX_PACKET`] with its topic and properties.
+pub const MAX_RESULT_BYTES: usize = MAX_PAYLOAD_BYTES;
+
 /// The longest any duration setting may be: one year (`"1y"`, 365.25 days).
 /// Far below what overflows `Instant + Duration` (about 292 billion years)
 /// even times ten (the auth gate's longest pause).

@@ -25,9 +25,17 @@ pub struct ServiceCall {
     pub domain: Slug,
     pub service: Slug,
     pub data: Map<String, Value>,
+    /// The command asked for HA's service response (`"return_response": true`
+    /// in the payload, or the route key): it goes in the result's `response`.
+    pub return_response: bool,
 }
 
 impl ServiceCall {
+    /// A call that does not ask for a service response.
+    pub fn new(domain: Slug, service: Slug, data: Map<String, Value>) -> Self {
+        Self { domain, service, data, return_response: false }
+    }
+
     /// The entity ids this call targets, as written in `entity_id` (a string,
     /// a comma-separated string or a list). Used for ordering and access.
     pub fn entity_ids(&self) -> Vec<&str> {
@@ -182,10 +190,16 @@ pub enum ErrorCode {
     Stale,
     /// A command with the same correlation arrived within `queue.dedupe_window`.
     Duplicate,
+    /// A service response was asked of a service that returns none, or the
+    /// Home Assistant in use cannot return one over REST (before 2024.8).
+    ResponseUnsupported,
+    /// The service ran, but its response would make the result larger than
+    /// `limits.max_result_bytes`: the result carries no response.
+    ResponseTooLarge,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::InvalidTopic,
         Self::InvalidJson,
         Self::InvalidPayload,
@@ -210,6 +224,8 @@ impl ErrorCode {
         Self::CorrelationTooLarge,
         Self::Stale,
         Self::Duplicate,
+        Self::ResponseUnsupported,
+        Self::ResponseTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -238,6 +254,8 @@ impl ErrorCode {
             Self::CorrelationTooLarge => "correlation_too_large",
             Self::Stale => "stale",
             Self::Duplicate => "duplicate",
+            Self::ResponseUnsupported => "response_unsupported",
+            Self::ResponseTooLarge => "response_too_large",
         }
     }
 }
@@ -261,15 +279,18 @@ pub struct Outcome {
     pub detail: Option<String>,
     /// HTTP requests made for it.
     pub attempts: u32,
+    /// HA's `service_response`, when the call asked for one (or the service
+    /// only answers with one).
+    pub response: Option<Value>,
 }
 
 impl Outcome {
     pub fn done(status: u16, changed: Vec<Value>) -> Self {
-        Self { status: Some(status), changed, error: None, detail: None, attempts: 0 }
+        Self { status: Some(status), changed, error: None, detail: None, attempts: 0, response: None }
     }
 
     pub fn failed(error: ErrorCode, status: Option<u16>, detail: impl Into<Option<String>>) -> Self {
-        Self { status, changed: Vec::new(), error: Some(error), detail: detail.into(), attempts: 0 }
+        Self { status, changed: Vec::new(), error: Some(error), detail: detail.into(), attempts: 0, response: None }
     }
 
     pub fn ok(&self) -> bool {

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub ha_entity_state: GaugeVec,
     /// Config reloads by `result`: `applied` or `refused` (invalid).
     pub config_reloads: IntCounterVec,
+    /// Always 1, for the `version` of the Home Assistant connected now
+    /// (one series: the previous version's goes when it changes).
+    pub ha_info: IntGaugeVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -175,6 +178,12 @@ impl Metrics {
                 "Config reloads (SIGHUP, changed files): applied, or refused as invalid",
                 &["result"],
             ),
+            ha_info: {
+                let opts = Opts::new(format!("{PREFIX}_ha_info"), "Always 1; the connected Home Assistant's version");
+                let g = IntGaugeVec::new(opts, &["version"]).expect("metric names are static and valid");
+                r.register(Box::new(g.clone())).expect("each metric is registered once");
+                g
+            },
             registry: r,
         };
         for code in ErrorCode::ALL {
@@ -215,6 +224,12 @@ impl Metrics {
         self.commands.with_label_values(&[label, reason]).inc();
     }
 
+    /// The Home Assistant version connected now: the only `ha_info` series.
+    pub fn set_ha_version(&self, version: &str) {
+        self.ha_info.reset();
+        self.ha_info.with_label_values(&[version]).set(1);
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -251,7 +266,12 @@ pub fn outcome_label(code: ErrorCode) -> &'static str {
         | ErrorCode::Debounced
         | ErrorCode::Throttled
         | ErrorCode::Coalesced => "ignored",
-        ErrorCode::HaError | ErrorCode::HaUnauthorized | ErrorCode::HaUnavailable | ErrorCode::HaTimeout => "failed",
+        ErrorCode::HaError
+        | ErrorCode::HaUnauthorized
+        | ErrorCode::HaUnavailable
+        | ErrorCode::HaTimeout
+        | ErrorCode::ResponseUnsupported
+        | ErrorCode::ResponseTooLarge => "failed",
         _ => "rejected",
     }
 }
@@ -312,5 +332,40 @@ impl Health {
 
     pub fn get(flag: &AtomicBool) -> bool {
         flag.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ha_info_has_only_the_current_version() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("mqtt_ha_gateway_ha_info{"), "no series before a version is known");
+        m.set_ha_version("2024.3.3");
+        m.set_ha_version("2026.2.3");
+        let text = m.render();
+        assert!(text.contains("mqtt_ha_gateway_ha_info{version=\"2026.2.3\"} 1"), "{text}");
+        assert!(!text.contains("version=\"2024.3.3\""), "{text}");
+    }
+
+    /// Responses that cannot be given are failures, counted under their code.
+    #[test]
+    fn response_codes_are_failures() {
+        let table = [
+            (ErrorCode::ResponseUnsupported, "failed"),
+            (ErrorCode::ResponseTooLarge, "failed"),
+            (ErrorCode::HaError, "failed"),
+            (ErrorCode::InvalidPayload, "rejected"),
+        ];
+        for (code, label) in table {
+            assert_eq!(outcome_label(code), label, "{code}");
+        }
+        let text = Metrics::new().render();
+        for reason in ["response_unsupported", "response_too_large"] {
+            let series = format!("mqtt_ha_gateway_commands_total{{outcome=\"failed\",reason=\"{reason}\"}} 0");
+            assert!(text.contains(&series), "{series} missing");
+        }
     }
 }

@@ -36,8 +36,7 @@ fn topic() -> impl Strategy<Value = String> {
 
 fn check_path(topic: &CommandTopic) {
     if let CommandTopic::Call { domain, service } = topic {
-        let call =
-            crate::command::ServiceCall { domain: domain.clone(), service: service.clone(), data: Default::default() };
+        let call = crate::command::ServiceCall::new(domain.clone(), service.clone(), Default::default());
         let url = Url::parse("http://ha.local:8123/").unwrap().join(&service_path(&call)).unwrap();
         assert_eq!(url.path(), format!("/api/services/{domain}/{service}"));
         assert!(url.query().is_none() && url.fragment().is_none());
@@ -88,11 +87,11 @@ proptest! {
         entity in slug(),
     ) {
         let policy = AccessPolicy::new(std::slice::from_ref(&pattern)).unwrap();
-        let call = crate::command::ServiceCall {
-            domain: crate::topic::Slug::parse(&domain).unwrap(),
-            service: crate::topic::Slug::parse(&service).unwrap(),
-            data: serde_json::json!({"entity_id": format!("{domain}.{entity}")}).as_object().unwrap().clone(),
-        };
+        let call = crate::command::ServiceCall::new(
+            crate::topic::Slug::parse(&domain).unwrap(),
+            crate::topic::Slug::parse(&service).unwrap(),
+            serde_json::json!({"entity_id": format!("{domain}.{entity}")}).as_object().unwrap().clone(),
+        );
         if policy.authorize(&call, "ha-gateway/call/x/y").is_ok() {
             let literal = pattern.split_once('.').map(|(d, _)| d) == Some(domain.as_str());
             prop_assert!(!SENSITIVE_DOMAINS.contains(&domain.as_str()) || literal, "{pattern} reached {domain}.{service}");

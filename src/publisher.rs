@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::ack::AckMsg;
+use crate::bounds::MAX_RESULT_BYTES;
 use crate::command::ErrorCode;
 use crate::metrics::Metrics;
 use crate::mirror::StateOut;
@@ -117,6 +118,27 @@ pub fn dead_letter_payload(report: &Report, origin: &crate::command::Origin, cod
     Value::Object(m)
 }
 
+/// The dead letter as published: never over `max` bytes. The original
+/// payload (escaped as JSON, or hex) can be several times its size; its
+/// text is cut to fit and `"payload_truncated": true` says so.
+pub fn dead_letter_bytes(mut v: Value, max: usize) -> Vec<u8> {
+    let mut size = v.to_string().len();
+    while size > max {
+        let Some(text) = v.get("payload").and_then(Value::as_str) else { break };
+        // The escaped text shrinks in proportion, at worst: cut a little more.
+        let mut keep = (text.len() as u128 * max as u128 / size as u128) as usize;
+        keep = keep.saturating_sub(64);
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let cut = text[..keep].to_owned();
+        v["payload"] = json!(cut);
+        v["payload_truncated"] = json!(true);
+        size = v.to_string().len();
+    }
+    v.to_string().into_bytes()
+}
+
 /// The result payload of the contract.
 pub fn result_payload(report: &Report) -> Value {
     let o = &report.outcome;
@@ -129,6 +151,11 @@ pub fn result_payload(report: &Report) -> Value {
     m.insert("changed".into(), Value::Array(changed));
     if let Some(code) = o.error {
         m.insert("error".into(), json!(code.as_str()));
+        // Said in words for these: what the sender can change (the HA
+        // version, the limit). Other details stay in the log.
+        if let (ErrorCode::ResponseUnsupported | ErrorCode::ResponseTooLarge, Some(detail)) = (code, &o.detail) {
+            m.insert("message".into(), json!(detail));
+        }
     }
     if let Some(c) = &report.reply.correlation {
         m.insert("correlation".into(), c.clone());
@@ -143,7 +170,52 @@ pub fn result_payload(report: &Report) -> Value {
         m.insert("dry_run".into(), json!(true));
         m.insert("call".into(), call.clone());
     }
+    if let Some(response) = &o.response {
+        m.insert("response".into(), response.clone());
+    }
     Value::Object(m)
+}
+
+/// A result with a service response larger than `max` bytes goes out
+/// without it, as `response_too_large` with HA's status and `changed`: the
+/// service ran, only its response is not published.
+pub fn fit_response(report: &mut Report, max: usize) {
+    if report.outcome.response.is_none() {
+        return;
+    }
+    let size = result_payload(report).to_string().len();
+    if size <= max {
+        return;
+    }
+    let o = &mut report.outcome;
+    o.response = None;
+    o.error = Some(ErrorCode::ResponseTooLarge);
+    o.detail = Some(format!("the result with the service response is {size} bytes; limits.max_result_bytes is {max}"));
+}
+
+/// The result as published: never over `max` bytes (the MQTT packet cap
+/// less room for topic and properties, where the broker or rumqttc would
+/// drop it or the connection). Only what traffic can make large is cut: the
+/// `changed` list keeps its first ids, a dry run's `call` goes, and
+/// `"truncated": true` says so.
+pub fn result_bytes(report: &Report, max: usize) -> Vec<u8> {
+    let mut v = result_payload(report);
+    let bytes = v.to_string().into_bytes();
+    if bytes.len() <= max {
+        return bytes;
+    }
+    let m = v.as_object_mut().expect("a result is an object");
+    m.remove("call");
+    m.insert("truncated".into(), json!(true));
+    let mut size = Value::Object(m.clone()).to_string().len();
+    if let Some(Value::Array(changed)) = m.get_mut("changed") {
+        // Each id costs its JSON and a comma.
+        while size > max {
+            let Some(id) = changed.pop() else { break };
+            size -= id.to_string().len() + usize::from(!changed.is_empty());
+        }
+    }
+    v.to_string().into_bytes()
 }
 
 pub struct Publisher {
@@ -152,6 +224,8 @@ pub struct Publisher {
     pub states: Arc<StateOut>,
     pub metrics: Metrics,
     pub acks: mpsc::UnboundedSender<AckMsg>,
+    /// `limits.max_result_bytes`: results with a larger service response go without it.
+    pub max_result_bytes: usize,
     warned: HashMap<ErrorCode, Warnings>,
 }
 
@@ -165,8 +239,9 @@ impl Publisher {
         states: Arc<StateOut>,
         metrics: Metrics,
         acks: mpsc::UnboundedSender<AckMsg>,
+        max_result_bytes: usize,
     ) -> Self {
-        Self { client, prefix, states, metrics, acks, warned: HashMap::new() }
+        Self { client, prefix, states, metrics, acks, max_result_bytes, warned: HashMap::new() }
     }
 
     /// Runs until every sender of `input` is gone.
@@ -180,6 +255,7 @@ impl Publisher {
     pub async fn finish(&mut self, mut report: Report) {
         // The outcome is final: the queue slot is free for the next command.
         drop(report.slot.take());
+        fit_response(&mut report, self.max_result_bytes);
         self.metrics.outcome(&report.outcome);
         self.metrics.command_latency.observe(report.received_at.elapsed().as_secs_f64());
         self.log(&report);
@@ -207,7 +283,7 @@ impl Publisher {
                 if let (Some(code), Some(origin)) = (report.outcome.error, &report.origin) {
                     if is_dead_letter(code) {
                         self.metrics.dead_letters.inc();
-                        let payload = dead_letter_payload(&report, origin, code).to_string().into_bytes();
+                        let payload = dead_letter_bytes(dead_letter_payload(&report, origin, code), MAX_RESULT_BYTES);
                         self.publish(self.prefix.dead_letter(), false, payload, None).await;
                     }
                 }
@@ -220,7 +296,7 @@ impl Publisher {
     }
 
     async fn publish_result(&self, report: &Report) {
-        let payload = result_payload(report).to_string().into_bytes();
+        let payload = result_bytes(report, MAX_RESULT_BYTES);
         let topic = match &report.service {
             Some((domain, service)) => self.prefix.result(domain, service),
             None => self.prefix.invalid_result(),
@@ -327,5 +403,84 @@ mod tests {
             result_payload(&invalid),
             json!({"ok":false,"changed":[],"error":"invalid_topic","topic":"ha-gateway/call/Light/x"})
         );
+    }
+
+    fn responded(response: Value, changed: &[&str]) -> Report {
+        let changed = changed.iter().map(|id| json!({"entity_id": id, "state": "on"})).collect();
+        report(Outcome { response: Some(response), ..Outcome::done(200, changed) }, Some(json!(4)))
+    }
+
+    /// (response, limit) → the published result: the response, or none with
+    /// `response_too_large` (the service ran: status and changed stay).
+    #[test]
+    fn responses_over_the_limit_are_left_out() {
+        let small = json!({"weather.home": {"forecast": [{"temperature": 21}]}});
+        let big = json!({"weather.home": {"forecast": "x".repeat(2000)}});
+        let table = [
+            (
+                small.clone(),
+                1024,
+                json!({"ok":true,"status":200,"changed":["light.a"],"correlation":4,"response":small.clone()}),
+            ),
+            (
+                big.clone(),
+                1024,
+                json!({"ok":false,"status":200,"changed":["light.a"],"error":"response_too_large","correlation":4}),
+            ),
+            (big.clone(), 4096, json!({"ok":true,"status":200,"changed":["light.a"],"correlation":4,"response":big})),
+        ];
+        for (response, max, expected) in table {
+            let mut r = responded(response, &["light.a"]);
+            fit_response(&mut r, max);
+            let mut got = result_payload(&r);
+            if let Some(message) = got.as_object_mut().unwrap().remove("message") {
+                assert!(message.as_str().unwrap().contains("limits.max_result_bytes is 1024"), "{message}");
+            }
+            assert_eq!(got, expected, "limit {max}");
+            assert!(result_payload(&r).to_string().len() <= max.max(expected.to_string().len()));
+        }
+        let mut plain = report(Outcome::done(200, vec![]), None);
+        fit_response(&mut plain, 1024);
+        assert_eq!(plain.outcome.error, None, "no response, nothing to fit");
+    }
+
+    /// Whatever a call changed, the published result fits the cap.
+    #[test]
+    fn results_never_exceed_the_packet_cap() {
+        let ids: Vec<String> = (0..100_000).map(|i| format!("light.lamp_number_{i:06}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut r = report(Outcome::done(200, refs.iter().map(|id| json!({"entity_id": id})).collect()), None);
+        r.call = Some(json!({"service": "light.turn_on", "data": {"x": "y".repeat(MAX_RESULT_BYTES)}}));
+        let whole = result_payload(&r).to_string().len();
+        assert!(whole > MAX_RESULT_BYTES, "the test makes a result over the cap ({whole})");
+        let bytes = result_bytes(&r, MAX_RESULT_BYTES);
+        assert!(bytes.len() <= MAX_RESULT_BYTES, "{} bytes", bytes.len());
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["truncated"], json!(true));
+        let kept = v["changed"].as_array().unwrap();
+        assert!(!kept.is_empty() && kept.len() < ids.len(), "{} ids kept", kept.len());
+        assert_eq!(kept[0], json!("light.lamp_number_000000"), "the first ids are kept");
+        assert!(v.get("call").is_none());
+        let small = report(Outcome::done(200, vec![json!({"entity_id": "light.a"})]), None);
+        assert_eq!(result_bytes(&small, MAX_RESULT_BYTES), result_payload(&small).to_string().into_bytes());
+    }
+
+    /// A payload of control characters escapes to six times its size: the
+    /// dead letter still fits, cut.
+    #[test]
+    fn dead_letters_never_exceed_the_packet_cap() {
+        let origin = crate::command::Origin {
+            topic: std::sync::Arc::from("ha-gateway/call/light/turn_on"),
+            payload: bytes::Bytes::from(vec![1u8; crate::bounds::MAX_PAYLOAD_BYTES]),
+        };
+        let r = report(Outcome::failed(ErrorCode::Expired, None, None), Some(json!("c")));
+        let whole = dead_letter_payload(&r, &origin, ErrorCode::Expired);
+        assert!(whole.to_string().len() > MAX_RESULT_BYTES);
+        let bytes = dead_letter_bytes(whole, MAX_RESULT_BYTES);
+        assert!(bytes.len() <= MAX_RESULT_BYTES, "{}", bytes.len());
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((v["payload_truncated"].clone(), v["reason"].clone()), (json!(true), json!("expired")));
+        let small = dead_letter_payload(&r, &crate::command::Origin::default(), ErrorCode::Expired);
+        assert_eq!(dead_letter_bytes(small.clone(), MAX_RESULT_BYTES), small.to_string().into_bytes());
     }
 }

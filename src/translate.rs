@@ -3,7 +3,8 @@
 //! Pure. Implements the payload rules of the contract: `call` takes a JSON
 //! object (empty = `{}`), `set` takes `ON`/`OFF`/`TOGGLE` in any case or a
 //! JSON object with a `state`; a `correlation` field is taken out of the
-//! data and echoed. The body later sent to HA is re-serialised from the
+//! data and echoed, and a `return_response` field (a boolean) is taken out
+//! and asks for HA's service response. The body later sent to HA is re-serialised from the
 //! checked value, never the raw bytes.
 
 use serde_json::{Map, Value};
@@ -11,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::command::{Action, ErrorCode, ServiceCall};
 use crate::topic::{CommandTopic, EntityId, Slug};
 
-/// `[limits]`: what one payload may be at most.
+/// `[limits]`: what one payload (and one result) may be at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_payload_bytes: usize,
@@ -19,6 +20,9 @@ pub struct Limits {
     pub max_json_keys: usize,
     pub max_topic_length: usize,
     pub max_correlation_bytes: usize,
+    /// A result with a service response larger than this goes without it
+    /// (the publisher applies it; at most `bounds::MAX_RESULT_BYTES`).
+    pub max_result_bytes: usize,
 }
 
 impl Default for Limits {
@@ -29,6 +33,7 @@ impl Default for Limits {
             max_json_keys: 512,
             max_topic_length: 512,
             max_correlation_bytes: 512,
+            max_result_bytes: crate::bounds::DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -157,7 +162,17 @@ fn call(domain: &Slug, service: &Slug, payload: &[u8], limits: &Limits) -> Resul
     let mut data =
         if payload.iter().all(u8::is_ascii_whitespace) { Map::new() } else { parse_object(payload, limits)? };
     let correlation = data.remove("correlation");
-    let call = ServiceCall { domain: domain.clone(), service: service.clone(), data };
+    let return_response = match data.remove("return_response") {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(Refused {
+                correlation,
+                ..Refused::new(ErrorCode::InvalidPayload, "return_response must be true or false")
+            })
+        }
+    };
+    let call = ServiceCall { return_response, ..ServiceCall::new(domain.clone(), service.clone(), data) };
     Ok(Translated { action: Action::Call(call), correlation, sent_at: None })
 }
 
@@ -197,11 +212,11 @@ fn set(entity: &EntityId, payload: &[u8], limits: &Limits) -> Result<Translated,
     };
     data.insert("entity_id".into(), Value::String(entity.to_string()));
     Ok(Translated {
-        action: Action::Call(ServiceCall {
-            domain: entity.domain.clone(),
-            service: Slug::parse(service).expect("turn_on, turn_off and toggle are valid slugs"),
+        action: Action::Call(ServiceCall::new(
+            entity.domain.clone(),
+            Slug::parse(service).expect("turn_on, turn_off and toggle are valid slugs"),
             data,
-        }),
+        )),
         correlation,
         sent_at: None,
     })
@@ -273,6 +288,37 @@ mod tests {
         check(t(), "ON", Err(ErrorCode::InvalidJson));
         check(t(), "[1,2]", Err(ErrorCode::InvalidJson));
         check(t(), "{\"a\":", Err(ErrorCode::InvalidJson));
+    }
+
+    /// payload → Ok((return_response, data left for HA)) or Err(code).
+    type Expected = Result<(bool, Value), ErrorCode>;
+
+    #[test]
+    fn return_response_is_taken_out_of_call_data() {
+        let table: &[(&str, Expected)] = &[
+            (r#"{"entity_id":"weather.home"}"#, Ok((false, json!({"entity_id":"weather.home"})))),
+            (r#"{"entity_id":"weather.home","return_response":true}"#, Ok((true, json!({"entity_id":"weather.home"})))),
+            (r#"{"return_response":false,"type":"daily"}"#, Ok((false, json!({"type":"daily"})))),
+            (r#"{"return_response":"yes"}"#, Err(ErrorCode::InvalidPayload)),
+            (r#"{"return_response":1}"#, Err(ErrorCode::InvalidPayload)),
+            (r#"{"return_response":null}"#, Err(ErrorCode::InvalidPayload)),
+        ];
+        for (payload, expected) in table {
+            let got = translate(&call_topic("weather", "get_forecasts"), payload.as_bytes(), &Limits::default());
+            let got = got.map(|t| match t.action {
+                Action::Call(c) => (c.return_response, Value::Object(c.data)),
+                Action::Get(_) => panic!("not a call"),
+            });
+            assert_eq!(got.map_err(|r| r.code), *expected, "{payload}");
+        }
+        let r = translate(
+            &call_topic("weather", "get_forecasts"),
+            br#"{"return_response":[],"correlation":9}"#,
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(r.correlation, Some(json!(9)), "a refusal keeps the correlation");
+        assert!(r.detail.contains("return_response"), "{}", r.detail);
     }
 
     #[test]

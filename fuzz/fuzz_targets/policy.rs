@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let (Some(domain), Some(service)) = (Slug::parse(d), Slug::parse(s)) else { return };
     let data = data.and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok());
     let data = data.and_then(|v| v.as_object().cloned()).unwrap_or_default();
-    let call = ServiceCall { domain, service, data };
+    let call = ServiceCall::new(domain, service, data);
     if policy.authorize(&call, "ha-gateway/call/x/y").is_ok() && SENSITIVE_DOMAINS.contains(&d) {
         assert_eq!(pattern.split_once('.').map(|(pd, _)| pd), Some(d), "{pattern} reached {name}");
     }

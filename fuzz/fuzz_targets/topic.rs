@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(topic) = std::str::from_utf8(data) else { return };
     let prefix = TopicPrefix::new("ha-gateway").expect("a valid prefix");
     if let Ok(CommandTopic::Call { domain, service }) = prefix.parse_command(topic) {
-        let call = ServiceCall { domain: domain.clone(), service: service.clone(), data: Default::default() };
+        let call = ServiceCall::new(domain.clone(), service.clone(), Default::default());
         let url = url::Url::parse("http://ha.local:8123/").unwrap().join(&service_path(&call)).unwrap();
         assert_eq!(url.path(), format!("/api/services/{domain}/{service}"));
         assert!(url.query().is_none() && url.fragment().is_none());

@@ -26,7 +26,7 @@ pub use crate::secret::SecretSource;
 
 use crate::access::{AccessPolicy, RuleSpec};
 use crate::backoff::Backoff;
-use crate::bounds::{self, MAX_DURATION, MAX_PACKET, MAX_PAYLOAD_BYTES, PACKET_HEADROOM};
+use crate::bounds::{self, MAX_DURATION, MAX_PACKET, MAX_PAYLOAD_BYTES, MAX_RESULT_BYTES, PACKET_HEADROOM};
 use crate::mirror::StateFilter;
 use crate::routes::RouteTable;
 use crate::topic::{EntityId, TopicPrefix};
@@ -558,6 +558,7 @@ impl Validator {
             ("limits.max_json_keys", raw.max_json_keys, 1, 1_000_000, ""),
             ("limits.max_topic_length", raw.max_topic_length, 16, 65_535, ""),
             ("limits.max_correlation_bytes", raw.max_correlation_bytes, 1, 65_535, ""),
+            ("limits.max_result_bytes", raw.max_result_bytes, 1024, MAX_RESULT_BYTES, packet.as_str()),
         ];
         for (key, value, min, max, why) in checks {
             if !(min..=max).contains(&value) {
@@ -570,6 +571,7 @@ impl Validator {
             max_json_keys: raw.max_json_keys,
             max_topic_length: raw.max_topic_length,
             max_correlation_bytes: raw.max_correlation_bytes,
+            max_result_bytes: raw.max_result_bytes,
         }
     }
 

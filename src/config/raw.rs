@@ -207,6 +207,9 @@ pub struct RawLimits {
     pub max_topic_length: usize,
     /// Largest `correlation` value, in bytes of JSON.
     pub max_correlation_bytes: usize,
+    /// Largest result carrying a service response, in bytes of JSON; a
+    /// larger one goes out without it (`response_too_large`).
+    pub max_result_bytes: usize,
 }
 
 impl Default for RawLimits {
@@ -218,6 +221,7 @@ impl Default for RawLimits {
             max_json_keys: l.max_json_keys,
             max_topic_length: l.max_topic_length,
             max_correlation_bytes: l.max_correlation_bytes,
+            max_result_bytes: l.max_result_bytes,
         }
     }
 }

@@ -164,6 +164,33 @@ fn max_payload_bytes_leaves_room_under_the_mqtt_packet_cap() {
     assert_eq!(c.limits.max_payload_bytes, 1_966_080);
 }
 
+/// value → Ok(max_result_bytes) or the key's error names the bounds.
+#[test]
+fn max_result_bytes_is_validated_against_the_packet_cap() {
+    let table: &[(&str, Result<usize, &str>)] = &[
+        ("", Ok(262_144)),
+        ("max_result_bytes = 1024", Ok(1024)),
+        ("max_result_bytes = 1966080", Ok(1_966_080)),
+        ("max_result_bytes = 1966081", Err("must be between 1024 and 1966080")),
+        ("max_result_bytes = 2097152", Err("must be between 1024 and 1966080")),
+        ("max_result_bytes = 10", Err("must be between 1024 and 1966080")),
+        ("max_result_bytes = \"big\"", Err("")),
+    ];
+    for (line, expected) in table {
+        let got = load_str(&format!("[limits]\n{line}\n"), &[TOKEN]);
+        match (got, expected) {
+            (Ok(c), Ok(v)) => assert_eq!(c.limits.max_result_bytes, *v, "{line}"),
+            (Err(e), Err(message)) => {
+                let problems = problems(e);
+                assert_eq!(problems.len(), 1, "{line}: {problems:?}");
+                assert_eq!(problems[0].0, "limits.max_result_bytes", "{line}");
+                assert!(problems[0].1.contains(message), "{line}: {}", problems[0].1);
+            }
+            (got, expected) => panic!("{line}: got {:?}, expected {expected:?}", got.map(|c| c.limits)),
+        }
+    }
+}
+
 /// The run-time arithmetic each duration setting reaches: added to an
 /// `Instant` (a command's deadline in ingress, a retry's wake-up in the
 /// executor, debounce and throttle in the dispatcher, rumqttc's keep-alive

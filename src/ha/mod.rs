@@ -5,8 +5,10 @@
 //! says what happened. The token never reaches a log, an error or a metric.
 
 mod auth;
+pub mod catalogue;
 mod error;
 mod token;
+pub mod version;
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -18,8 +20,10 @@ use serde_json::Value;
 use url::Url;
 
 pub use auth::{AuthGate, GateClosed, Pass};
+pub use catalogue::{Ask, Catalogue, Known, Refusal, ResponseSupport};
 pub use error::{parse_retry_after, HaError, HaErrorKind, Retry};
 pub use token::{token_channel, watch_token};
+pub use version::HaVersion;
 
 use crate::backoff::Backoff;
 use crate::command::{Action, ServiceCall};
@@ -57,6 +61,9 @@ pub struct CallResponse {
     pub status: u16,
     /// The states HA reports as changed by the call.
     pub changed: Vec<Value>,
+    /// `service_response`, when asked for with `?return_response` and HA
+    /// returned it (HA before 2024.8 ignores the query and returns none).
+    pub response: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +71,8 @@ pub struct HaClient {
     http: reqwest::Client,
     base: Url,
     pub gate: AuthGate,
+    /// HA's version and services catalogue, shared by every clone.
+    pub known: Known,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +102,7 @@ impl HaClient {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(Self { http: builder.build().map_err(ClientBuildError::Http)?, base, gate })
+        Ok(Self { http: builder.build().map_err(ClientBuildError::Http)?, base, gate, known: Known::default() })
     }
 
     fn url(&self, path: &str) -> Url {
@@ -107,9 +116,13 @@ impl HaClient {
         v
     }
 
-    /// One attempt of `POST /api/services/<domain>/<service>`.
-    pub async fn call_service(&self, call: &ServiceCall) -> Result<CallResponse, HaError> {
-        let url = self.url(&service_path(call));
+    /// One attempt of `POST /api/services/<domain>/<service>`, with
+    /// `?return_response` when `return_response`.
+    pub async fn call_service(&self, call: &ServiceCall, return_response: bool) -> Result<CallResponse, HaError> {
+        let mut url = self.url(&service_path(call));
+        if return_response {
+            url.set_query(Some("return_response"));
+        }
         let response = self
             .http
             .post(url)
@@ -118,29 +131,39 @@ impl HaClient {
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
-        let status = self.check_status(response).await?;
-        let (status, body) = status;
+        let (status, body) = self.check_status(response).await?;
         match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Array(changed)) => Ok(CallResponse { status, changed }),
-            // Newer HA versions answer {"changed_states": […], "service_response": …}.
-            Ok(Value::Object(mut m)) => match m.remove("changed_states") {
-                Some(Value::Array(changed)) => Ok(CallResponse { status, changed }),
-                _ => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not a list of states")),
-            },
-            _ => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not JSON")),
+            Ok(body) => call_response(status, body),
+            Err(_) => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not JSON")),
         }
     }
 
-    /// One attempt of an action: a service call, or reading one state
-    /// (`GET /api/states/<entity_id>`, reported as the only "changed" state).
-    pub async fn execute(&self, action: &Action) -> Result<CallResponse, HaError> {
+    /// One attempt of an action: a service call (asking for the response
+    /// when `return_response`), or reading one state (`GET
+    /// /api/states/<entity_id>`, reported as the only "changed" state).
+    pub async fn execute(&self, action: &Action, return_response: bool) -> Result<CallResponse, HaError> {
         match action {
-            Action::Call(call) => self.call_service(call).await,
+            Action::Call(call) => self.call_service(call, return_response).await,
             Action::Get(entity) => {
                 let (status, state) = self.get_json(&format!("api/states/{entity}")).await?;
-                Ok(CallResponse { status, changed: vec![state] })
+                Ok(CallResponse { status, changed: vec![state], response: None })
             }
         }
+    }
+
+    /// `GET /api/config`'s `version`, parsed (`None`: not a version we can read).
+    pub async fn get_version(&self) -> Result<(String, Option<HaVersion>), HaError> {
+        let (status, config) = self.get_json("api/config").await?;
+        let Some(text) = config.get("version").and_then(Value::as_str) else {
+            return Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "config has no version"));
+        };
+        Ok((text.to_owned(), HaVersion::parse(text)))
+    }
+
+    /// `GET /api/services`: which services return a response.
+    pub async fn get_services(&self) -> Result<Catalogue, HaError> {
+        let (status, services) = self.get_json("api/services").await?;
+        Catalogue::parse(&services).map_err(|e| HaError::new(HaErrorKind::InvalidResponse, Some(status), e.to_string()))
     }
 
     /// `GET /api/states`: every entity's state.
@@ -244,6 +267,19 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Result<(
         body.extend_from_slice(&chunk);
     }
     Ok((body, true))
+}
+
+/// A service call's answer: a list of changed states (HA before 2024.8, or
+/// not asked), or `{"changed_states": […], "service_response": …}`.
+pub fn call_response(status: u16, body: Value) -> Result<CallResponse, HaError> {
+    match body {
+        Value::Array(changed) => Ok(CallResponse { status, changed, response: None }),
+        Value::Object(mut m) => match m.remove("changed_states") {
+            Some(Value::Array(changed)) => Ok(CallResponse { status, changed, response: m.remove("service_response") }),
+            _ => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not a list of states")),
+        },
+        _ => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not a list of states")),
+    }
 }
 
 /// `api/services/<domain>/<service>`, relative to the base URL: both parts

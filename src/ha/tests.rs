@@ -116,3 +116,27 @@ async fn an_error_keeps_its_kind_whatever_its_body() {
         .await;
     assert!(sent.bytes.load(Ordering::SeqCst) < ENDLESS);
 }
+
+/// (HA's 2xx body) → (changed entity ids, service_response) or an invalid response.
+#[test]
+fn call_answers_with_and_without_a_response() {
+    use serde_json::json;
+    let table = [
+        (json!([{"entity_id": "light.a"}]), Some((vec!["light.a"], None))),
+        (
+            json!({"changed_states": [], "service_response": {"weather.home": {"forecast": []}}}),
+            Some((vec![], Some(json!({"weather.home": {"forecast": []}})))),
+        ),
+        (json!({"changed_states": [{"entity_id": "light.b"}]}), Some((vec!["light.b"], None))),
+        (json!({"service_response": {}}), None),
+        (json!("ok"), None),
+    ];
+    for (body, expected) in table {
+        let got = call_response(200, body.clone()).ok().map(|r| {
+            let ids: Vec<&str> = r.changed.iter().map(|s| s["entity_id"].as_str().unwrap()).collect();
+            (ids.into_iter().map(str::to_owned).collect::<Vec<_>>(), r.response)
+        });
+        let expected = expected.map(|(ids, r)| (ids.into_iter().map(str::to_owned).collect::<Vec<_>>(), r));
+        assert_eq!(got, expected, "{body}");
+    }
+}

@@ -2,11 +2,17 @@
 //! messages.
 //!
 //! One task holds a websocket to HA: authenticate, subscribe to
-//! `state_changed`, take a snapshot (`GET /api/states`), then publish every
-//! change of a mirrored entity through [`StateOut`]. It reconnects with
-//! backoff, never while the auth gate is closed, resyncs after every gap and
-//! after every new broker connection, and keeps `<prefix>/ha_status`
-//! (`online`/`offline`, retained) true. It sends no service calls.
+//! `state_changed`, learn which HA it is (`Mirror::discover`), take a
+//! snapshot (`GET /api/states`), then publish every change of a mirrored
+//! entity through [`StateOut`]. It reconnects with backoff, never while the
+//! auth gate is closed, resyncs after every gap and after every new broker
+//! connection, and keeps `<prefix>/ha_status` (`online`/`offline`, retained)
+//! true. It sends no service calls.
+//!
+//! The websocket is where the gateway notices a new connection to HA (a
+//! restart drops it): so each session, and nothing else, reads HA's version
+//! (`GET /api/config`) and services catalogue (`GET /api/services`) into
+//! `HaClient::known`, logs `Home Assistant <version>` and sets `ha_info`.
 
 mod filter;
 mod out;
@@ -54,6 +60,8 @@ enum SessionError {
     PongTimeout(Duration),
     #[error("snapshot: {0}")]
     Snapshot(#[from] crate::ha::HaError),
+    #[error("reading home assistant's version and services: {0}")]
+    Discover(crate::ha::HaError),
 }
 
 pub struct Mirror {
@@ -125,6 +133,7 @@ impl Mirror {
         socket.send(Message::text(ws::subscribe_state_changed(SUBSCRIPTION))).await?;
         expect_result(&mut socket, SUBSCRIPTION).await?;
         *failures = 0;
+        self.discover().await?;
         self.mqtt_connections.borrow_and_update();
         self.snapshot().await?;
         self.set_online(true).await;
@@ -173,6 +182,42 @@ impl Mirror {
                 }
             }
         }
+    }
+
+    /// Once per connection: HA's version and services catalogue into
+    /// `known`, before any state is published (so `ha_status online` means
+    /// they are known). HA not answering ends the session (it is retried);
+    /// HA refusing them (4xx) leaves them unknown: calls go as asked.
+    async fn discover(&mut self) -> Result<(), SessionError> {
+        let read = async { Ok::<_, crate::ha::HaError>((self.ha.get_version().await?, self.ha.get_services().await?)) };
+        let ((text, version), catalogue) = match read.await {
+            Ok(found) => found,
+            Err(e) if e.kind == crate::ha::HaErrorKind::Rejected => {
+                tracing::warn!(error = %e, "home assistant's version and services are unknown; service responses are asked as commands say");
+                self.ha.known.set(None, None);
+                return Ok(());
+            }
+            Err(e) => return Err(SessionError::Discover(e)),
+        };
+        tracing::info!(services = catalogue.len(), "Home Assistant {text}");
+        match &version {
+            None => tracing::warn!(version = %text, "not a home assistant version the gateway can read"),
+            Some(v) if !v.has_rest_responses() => tracing::warn!(
+                version = %v,
+                "this home assistant returns no service responses over REST (2024.8 or newer does): commands asking for one get response_unsupported"
+            ),
+            Some(_) => {}
+        }
+        if catalogue.dropped > 0 {
+            tracing::warn!(
+                kept = catalogue.len(),
+                dropped = catalogue.dropped,
+                "services catalogue over its cap; the rest are sent as asked"
+            );
+        }
+        self.ha.known.set(version, Some(catalogue));
+        self.metrics.set_ha_version(&text);
+        Ok(())
     }
 
     /// Every state, published where it changed; vanished entities cleared.

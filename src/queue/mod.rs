@@ -27,7 +27,7 @@ pub use rate::RateLimiter;
 use crate::backoff::Backoff;
 use crate::command::Report;
 use crate::command::{Action, Command, ErrorCode, Outcome};
-use crate::ha::{HaClient, HaError, HaErrorKind, Retry};
+use crate::ha::{Ask, CallResponse, HaClient, HaError, HaErrorKind, Refusal, Retry};
 use crate::metrics::{self, Health, Metrics};
 
 /// A command that reached its final outcome.
@@ -89,12 +89,20 @@ impl Executor {
                 error: None,
                 detail: Some("dry run: not sent".into()),
                 attempts: 0,
+                response: None,
             };
         }
         let idempotent = cmd.action.is_idempotent();
         let mut spent = Spent::default();
         let mut last: Option<HaError> = None;
         loop {
+            // Decided again before every attempt: HA may have restarted as another version.
+            let return_response = match self.ask(&cmd.action) {
+                Ask::Send { return_response } => return_response,
+                Ask::Refuse(why) => {
+                    return Outcome::failed(ErrorCode::ResponseUnsupported, None, why.detail(&cmd.action.name()))
+                }
+            };
             // Held until HA answered: a probe that gives up on the way
             // (deadline, shutdown) hands its role back when this drops.
             let _pass = match self.may_send(cmd).await {
@@ -107,8 +115,8 @@ impl Executor {
                 }
             };
             tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let error = match self.attempt(&cmd.action).await {
-                Ok(response) => return Outcome::done(response.status, response.changed),
+            let error = match self.attempt(&cmd.action, return_response).await {
+                Ok(response) => return answered(response, return_response, &cmd.action),
                 Err(e) => e,
             };
             let delay = match next_after(&error, idempotent, &mut spent, self.max_attempts) {
@@ -129,6 +137,16 @@ impl Executor {
                 Wait::Deadline => return expired(last),
                 Wait::Shutdown => return shutting_down(),
             }
+        }
+    }
+
+    /// Whether to ask HA for the service response, or to refuse the call.
+    fn ask(&self, action: &Action) -> Ask {
+        match action {
+            Action::Call(call) => {
+                self.ha.known.decide(call.domain.as_str(), call.service.as_str(), call.return_response)
+            }
+            Action::Get(_) => Ask::Send { return_response: false },
         }
     }
 
@@ -158,9 +176,9 @@ impl Executor {
     }
 
     /// One HTTP attempt, measured and counted, its answer told to `Health`.
-    async fn attempt(&self, action: &Action) -> Result<crate::ha::CallResponse, HaError> {
+    async fn attempt(&self, action: &Action, return_response: bool) -> Result<crate::ha::CallResponse, HaError> {
         let started = Instant::now();
-        let result = self.ha.execute(action).await;
+        let result = self.ha.execute(action, return_response).await;
         self.metrics.ha_latency.observe(started.elapsed().as_secs_f64());
         let class = metrics::status_class(result.as_ref().map(|r| r.status).map_err(|e| e.kind));
         self.metrics.ha_calls.with_label_values(&[class]).inc();
@@ -256,6 +274,18 @@ fn next_after(error: &HaError, idempotent: bool, spent: &mut Spent, max_attempts
             }
         }
     }
+}
+
+/// The outcome of a call HA answered with 2xx. Asked for a response and
+/// given none, HA ignored `?return_response` (before 2024.8): the service
+/// ran, but the command did not get what it asked for.
+fn answered(response: CallResponse, return_response: bool, action: &Action) -> Outcome {
+    let CallResponse { status, changed, response } = response;
+    if return_response && response.is_none() {
+        let detail = Refusal::OldHa.detail(&action.name());
+        return Outcome { changed, ..Outcome::failed(ErrorCode::ResponseUnsupported, Some(status), detail) };
+    }
+    Outcome { response, ..Outcome::done(status, changed) }
 }
 
 fn expired(last: Option<HaError>) -> Outcome {
@@ -493,11 +523,11 @@ mod tests {
 
     fn throttled(id: u64, device: &str, every: Duration) -> Command {
         let data = serde_json::json!({"entity_id": format!("light.{device}")});
-        let call = ServiceCall {
-            domain: Slug::parse("light").unwrap(),
-            service: Slug::parse("turn_on").unwrap(),
-            data: data.as_object().unwrap().clone(),
-        };
+        let call = ServiceCall::new(
+            Slug::parse("light").unwrap(),
+            Slug::parse("turn_on").unwrap(),
+            data.as_object().unwrap().clone(),
+        );
         let flow = FlowSpec { throttle: Some(every), ..FlowSpec::default() };
         let now = Instant::now();
         Command {

@@ -63,6 +63,8 @@ struct Route {
     data: Map<String, Value>,
     data_templates: Vec<(String, Tmpl)>,
     flow: FlowSpec,
+    /// `return_response = true`: its calls ask HA for the service response.
+    return_response: bool,
 }
 
 /// What one route made of one message.
@@ -161,7 +163,7 @@ impl RouteTable {
         });
         let entity_id = r.entity_id.as_deref().and_then(|e| compile("entity_id", e, &mut fail));
         let check_service = |d: &Slug, s: &Slug, key: &str, fail: &mut dyn FnMut(&str, String)| {
-            let call = ServiceCall { domain: d.clone(), service: s.clone(), data: Map::new() };
+            let call = ServiceCall::new(d.clone(), s.clone(), Map::new());
             if access.check(&call).is_err() {
                 fail(key, format!("{} is not in access.allow_services", call.name()));
             }
@@ -268,6 +270,7 @@ impl RouteTable {
             data,
             data_templates,
             flow,
+            return_response: r.return_response,
         })
     }
 
@@ -369,7 +372,7 @@ impl RouteTable {
         if let Some(e) = entity {
             data.insert("entity_id".into(), e);
         }
-        let call = ServiceCall { domain, service, data };
+        let call = ServiceCall { return_response: route.return_response, ..ServiceCall::new(domain, service, data) };
         let flow_key = format!("{}|{}|{}", route.name, call.name(), call.entity_ids().join(","));
         RouteResult::Call { route: route.name.clone(), call, flow: route.flow, flow_key }
     }

@@ -35,6 +35,9 @@ pub struct RawRoute {
     /// A newer call replaces one still queued (idempotent services only).
     #[serde(default)]
     pub latest_wins: bool,
+    /// Ask HA for the service response; the result carries it as `response`.
+    #[serde(default)]
+    pub return_response: bool,
 }
 
 /// A file in `routes.d/`: routes only.

@@ -176,3 +176,32 @@ fn flow_keys_separate_targets() {
     assert_ne!(key("dimmers/hall"), key("dimmers/desk"));
     assert_eq!(key("dimmers/hall"), key("dimmers/hall"));
 }
+
+/// `return_response = true` marks the route's calls; without it they ask nothing.
+#[test]
+fn return_response_marks_the_routes_calls() {
+    let mut asking = route("weather/ask");
+    asking.service = Some("weather.get_forecasts".into());
+    asking.entity_id = Some("weather.home".into());
+    asking.return_response = true;
+    let mut plain = route("weather/plain");
+    plain.service = Some("weather.get_forecasts".into());
+    let t = table(vec![asking, plain]);
+    for (topic, expected) in [("weather/ask", true), ("weather/plain", false)] {
+        let asked: Vec<bool> = t
+            .evaluate(topic, b"{}", None)
+            .into_iter()
+            .map(|r| match r {
+                RouteResult::Call { call, .. } => call.return_response,
+                other => panic!("{topic}: {other:?}"),
+            })
+            .collect();
+        assert_eq!(asked, vec![expected], "{topic}");
+    }
+    let text = "[[route]]\ntopic = \"a\"\nservice = \"weather.get_forecasts\"\nreturn_response = true\n";
+    let parsed: raw::RawRoutesFile =
+        figment::Figment::from(<figment::providers::Toml as figment::providers::Format>::string(text))
+            .extract()
+            .unwrap();
+    assert!(parsed.route[0].return_response, "the key is read from TOML");
+}

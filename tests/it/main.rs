@@ -12,6 +12,7 @@ mod lifecycle;
 mod mirror;
 mod observability;
 mod queue;
+mod responses;
 mod routes;
 mod scale;
 mod supervision;

@@ -8,6 +8,13 @@
 //! violations, and the peak number of calls in flight is kept (different
 //! entities are meant to overlap).
 //!
+//! It models which HA it is: `GET /api/config`'s `version`, `GET
+//! /api/services` with response flags, and `?return_response` as HA 2024.8+
+//! answers it (the service response, or 400 when asked of a service without
+//! one or not asked of a response-only one); set an older version and it
+//! behaves as 2024.3 does: the query is ignored, and a response-only service
+//! fails with a 500.
+//!
 //! For fast logic and fault tests only; the real-HA tier proves the real thing.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -32,6 +39,31 @@ pub struct Call {
     pub body: Value,
     pub authorization: Option<String>,
     pub at: Instant,
+    /// The request carried `?return_response`.
+    pub return_response: bool,
+}
+
+/// Whether a service returns a response, as `GET /api/services` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supports {
+    None,
+    Optional,
+    Only,
+}
+
+/// The services every fake HA starts with: what the tests call, plus a
+/// response-only and an optional-response service.
+pub fn default_services() -> Vec<(&'static str, &'static str, Supports)> {
+    let mut services = Vec::new();
+    for domain in ["light", "switch", "input_boolean"] {
+        for service in ["turn_on", "turn_off", "toggle"] {
+            services.push((domain, service, Supports::None));
+        }
+    }
+    services.push(("scene", "turn_on", Supports::None));
+    services.push(("weather", "get_forecasts", Supports::Only));
+    services.push(("calendar", "get_events", Supports::Optional));
+    services
 }
 
 /// A scripted answer.
@@ -66,6 +98,16 @@ pub(super) struct Inner {
     script: VecDeque<Reply>,
     delay: Duration,
     pub(super) token: String,
+    /// `GET /api/config`'s version.
+    pub(super) version: String,
+    /// `domain.service` → what `GET /api/services` says of its response.
+    services: BTreeMap<String, Supports>,
+    /// The `service_response` a service returns when asked (default: a forecast).
+    responses: HashMap<String, Value>,
+    /// Reads of `/api/config`, `/api/services` and `/api/` (probes).
+    config_reads: usize,
+    services_reads: usize,
+    probes: usize,
 }
 
 #[derive(Clone)]
@@ -83,7 +125,13 @@ pub struct FakeHa {
 
 impl FakeHa {
     pub async fn start(token: &str) -> FakeHa {
-        let inner = Arc::new(Mutex::new(Inner { token: token.into(), ..Default::default() }));
+        let services = default_services().into_iter().map(|(d, s, r)| (format!("{d}.{s}"), r)).collect();
+        let inner = Arc::new(Mutex::new(Inner {
+            token: token.into(),
+            version: "2026.2.3".into(),
+            services,
+            ..Default::default()
+        }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ha = FakeHa {
@@ -101,6 +149,8 @@ impl FakeHa {
     fn serve(&self, listener: tokio::net::TcpListener) {
         let app = Router::new()
             .route("/api/", get(api_root))
+            .route("/api/config", get(api_config))
+            .route("/api/services", get(api_services))
             .route("/api/states", get(all_states))
             .route("/api/states/{entity_id}", get(one_state))
             .route("/api/websocket", get(super::fake_ws::upgrade))
@@ -152,6 +202,27 @@ impl FakeHa {
 
     pub fn set_token(&self, token: &str) {
         self.inner.lock().unwrap().token = token.into();
+    }
+
+    /// The version HA reports; below 2024.8 it also answers as 2024.3 does.
+    pub fn set_version(&self, version: &str) {
+        self.inner.lock().unwrap().version = version.into();
+    }
+
+    /// Replaces the services catalogue.
+    pub fn set_services(&self, services: &[(&str, &str, Supports)]) {
+        self.inner.lock().unwrap().services = services.iter().map(|(d, s, r)| (format!("{d}.{s}"), *r)).collect();
+    }
+
+    /// The `service_response` of `domain.service` when asked.
+    pub fn set_response(&self, service: &str, response: Value) {
+        self.inner.lock().unwrap().responses.insert(service.into(), response);
+    }
+
+    /// (`/api/config` reads, `/api/services` reads, `/api/` probes).
+    pub fn reads(&self) -> (usize, usize, usize) {
+        let i = self.inner.lock().unwrap();
+        (i.config_reads, i.services_reads, i.probes)
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -246,10 +317,52 @@ impl FakeHa {
 }
 
 async fn api_root(State(ha): State<FakeHa>, headers: HeaderMap) -> Response {
+    ha.inner.lock().unwrap().probes += 1;
     if !ha.authorized(&headers).0 {
         return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
     }
     axum::Json(json!({"message": "API running."})).into_response()
+}
+
+async fn api_config(State(ha): State<FakeHa>, headers: HeaderMap) -> Response {
+    if !ha.authorized(&headers).0 {
+        return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
+    }
+    let mut inner = ha.inner.lock().unwrap();
+    inner.config_reads += 1;
+    axum::Json(json!({"version": inner.version, "location_name": "Fake", "components": ["api"]})).into_response()
+}
+
+/// `[{"domain":…,"services":{name: {…,"response":{"optional":…}}}}]`, the
+/// `response` key only for services that return one.
+async fn api_services(State(ha): State<FakeHa>, headers: HeaderMap) -> Response {
+    if !ha.authorized(&headers).0 {
+        return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
+    }
+    let mut inner = ha.inner.lock().unwrap();
+    inner.services_reads += 1;
+    let mut domains: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    for (name, supports) in &inner.services {
+        let (domain, service) = name.split_once('.').unwrap();
+        let mut description = json!({"name": service, "description": "", "fields": {}});
+        match supports {
+            Supports::None => {}
+            Supports::Optional => description["response"] = json!({"optional": true}),
+            Supports::Only => description["response"] = json!({"optional": false}),
+        }
+        domains.entry(domain.to_owned()).or_default().insert(service.to_owned(), description);
+    }
+    let list: Vec<Value> = domains.into_iter().map(|(d, s)| json!({"domain": d, "services": s})).collect();
+    axum::Json(list).into_response()
+}
+
+impl Inner {
+    /// HA before 2024.8 has no `?return_response` on REST.
+    fn legacy(&self) -> bool {
+        let mut parts = self.version.split('.').map(|p| p.parse::<u32>().unwrap_or(u32::MAX));
+        let (year, month) = (parts.next().unwrap_or(u32::MAX), parts.next().unwrap_or(u32::MAX));
+        (year, month) < (2024, 8)
+    }
 }
 
 /// The entity ids a service call's body targets (a string, comma-separated
@@ -333,9 +446,12 @@ async fn one_state(State(ha): State<FakeHa>, Path(entity_id): Path<String>, head
 async fn service(
     State(ha): State<FakeHa>,
     Path((domain, service)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let return_response =
+        query.as_deref().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("return_response")));
     let (ok, authorization) = ha.authorized(&headers);
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (reply, delay) = {
@@ -353,6 +469,7 @@ async fn service(
             body: body.clone(),
             authorization,
             at: Instant::now(),
+            return_response,
         });
     }
     let in_flight = InFlight::begin(&ha.inner, entity_ids(&body));
@@ -367,9 +484,37 @@ async fn service(
             }
             resp
         }
-        _ => {
-            let changed = ha.apply(&domain, &service, &body);
-            axum::Json(changed).into_response()
+        _ => ha.answer(&domain, &service, &body, return_response),
+    }
+}
+
+impl FakeHa {
+    /// A 2xx-scripted call, answered as the HA version would.
+    fn answer(&self, domain: &str, service: &str, body: &Value, return_response: bool) -> Response {
+        let name = format!("{domain}.{service}");
+        let (supports, legacy, response) = {
+            let inner = self.inner.lock().unwrap();
+            let response = inner.responses.get(&name).cloned().unwrap_or_else(
+                || json!({"weather.home": {"forecast": [{"datetime": "2026-01-01T12:00:00+00:00", "temperature": 21.5}]}}),
+            );
+            (inner.services.get(&name).copied(), inner.legacy(), response)
+        };
+        let bad = |message: &str| (StatusCode::BAD_REQUEST, axum::Json(json!({"message": message}))).into_response();
+        if legacy {
+            if supports == Some(Supports::Only) {
+                // 2024.3: the ServiceValidationError escapes as a server error.
+                return (StatusCode::INTERNAL_SERVER_ERROR, "500 Internal Server Error").into_response();
+            }
+            return axum::Json(self.apply(domain, service, body)).into_response();
+        }
+        match (return_response, supports.unwrap_or(Supports::None)) {
+            (true, Supports::None) => bad("Service does not support responses. Remove return_response from request."),
+            (false, Supports::Only) => bad("Service call requires responses but caller did not ask for responses"),
+            (true, _) => {
+                let changed = self.apply(domain, service, body);
+                axum::Json(json!({"changed_states": changed, "service_response": response})).into_response()
+            }
+            (false, _) => axum::Json(self.apply(domain, service, body)).into_response(),
         }
     }
 }

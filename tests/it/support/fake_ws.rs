@@ -55,7 +55,8 @@ async fn serve(ha: &FakeHa, socket: &mut WebSocket, generation: &mut tokio::sync
         send(socket, json!({"type": "auth_invalid", "message": "Invalid access token or password"})).await;
         return;
     }
-    send(socket, json!({"type": "auth_ok", "ha_version": "fake"})).await;
+    let version = ha.inner.lock().unwrap().version.clone();
+    send(socket, json!({"type": "auth_ok", "ha_version": version})).await;
     let mut events = ha.events.subscribe();
     let mut subscription: Option<u64> = None;
     loop {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 pub use broker::Broker;
 pub use client::TestClient;
 #[allow(unused_imports)] // not every user of the harness scripts replies
-pub use fake_ha::{FakeHa, Reply};
+pub use fake_ha::{FakeHa, Reply, Supports};
 pub use gateway::{Gateway, PREFIX};
 
 pub const TOKEN: &str = "test-token-0123456789";
