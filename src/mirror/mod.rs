@@ -35,7 +35,7 @@ pub use out::{StateOptions, StateOut};
 pub use ws::{tls_config, Incoming};
 
 use crate::backoff::Backoff;
-use crate::ha::HaClient;
+use crate::ha::{Catalogue, HaClient, HaError};
 use crate::metrics::{Health, Metrics};
 use crate::topic::TopicPrefix;
 
@@ -61,7 +61,7 @@ enum SessionError {
     #[error("snapshot: {0}")]
     Snapshot(#[from] crate::ha::HaError),
     #[error("reading home assistant's version and services: {0}")]
-    Discover(crate::ha::HaError),
+    Discover(HaError),
 }
 
 pub struct Mirror {
@@ -132,11 +132,13 @@ impl Mirror {
         authenticate(&mut socket, &self.ha).await?;
         socket.send(Message::text(ws::subscribe_state_changed(SUBSCRIPTION))).await?;
         expect_result(&mut socket, SUBSCRIPTION).await?;
-        *failures = 0;
         self.discover().await?;
         self.mqtt_connections.borrow_and_update();
         self.snapshot().await?;
         self.set_online(true).await;
+        // Only a session that got this far resets the backoff: one failing
+        // right after authenticating is retried ever more slowly.
+        *failures = 0;
         tracing::info!(url = %self.url, "mirroring home assistant states");
 
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
@@ -186,37 +188,38 @@ impl Mirror {
 
     /// Once per connection: HA's version and services catalogue into
     /// `known`, before any state is published (so `ha_status online` means
-    /// they are known). HA not answering ends the session (it is retried);
-    /// HA refusing them (4xx) leaves them unknown: calls go as asked.
+    /// they were read). HA not answering ends the session (it is retried);
+    /// HA answering with an error leaves that part unknown and the mirror
+    /// runs on: HA 2024.3 answers `GET /api/services` with a 500 when one
+    /// integration's descriptions fail to load. Unknown parts are left to
+    /// HA to decide: calls go as commands ask.
     async fn discover(&mut self) -> Result<(), SessionError> {
-        let read = async { Ok::<_, crate::ha::HaError>((self.ha.get_version().await?, self.ha.get_services().await?)) };
-        let ((text, version), catalogue) = match read.await {
-            Ok(found) => found,
-            Err(e) if e.kind == crate::ha::HaErrorKind::Rejected => {
-                tracing::warn!(error = %e, "home assistant's version and services are unknown; service responses are asked as commands say");
-                self.ha.known.set(None, None);
-                return Ok(());
+        let version = known_or_unknown(self.ha.get_version().await, "version")?;
+        let catalogue = known_or_unknown(self.ha.get_services().await, "services catalogue")?;
+        let parsed = version.as_ref().and_then(|(_, v)| v.clone());
+        if let Some((text, _)) = &version {
+            let services = catalogue.as_ref().map(Catalogue::len);
+            tracing::info!(services, "Home Assistant {text}");
+            self.metrics.set_ha_version(text);
+        }
+        match (&version, &parsed) {
+            (Some((text, _)), None) => {
+                tracing::warn!(version = %text, "not a home assistant version the gateway can read")
             }
-            Err(e) => return Err(SessionError::Discover(e)),
-        };
-        tracing::info!(services = catalogue.len(), "Home Assistant {text}");
-        match &version {
-            None => tracing::warn!(version = %text, "not a home assistant version the gateway can read"),
-            Some(v) if !v.has_rest_responses() => tracing::warn!(
+            (_, Some(v)) if !v.has_rest_responses() => tracing::warn!(
                 version = %v,
                 "this home assistant returns no service responses over REST (2024.8 or newer does): commands asking for one get response_unsupported"
             ),
-            Some(_) => {}
+            _ => {}
         }
-        if catalogue.dropped > 0 {
+        if let Some(catalogue) = catalogue.as_ref().filter(|c| c.dropped > 0) {
             tracing::warn!(
                 kept = catalogue.len(),
                 dropped = catalogue.dropped,
                 "services catalogue over its cap; the rest are sent as asked"
             );
         }
-        self.ha.known.set(version, Some(catalogue));
-        self.metrics.set_ha_version(&text);
+        self.ha.known.set(parsed, catalogue);
         Ok(())
     }
 
@@ -233,6 +236,20 @@ impl Mirror {
             "state snapshot published"
         );
         Ok(())
+    }
+}
+
+/// A discovery read: `Ok(None)` (after a warning) when HA answered with an
+/// error, `Err` when it did not answer (the session ends and is retried).
+fn known_or_unknown<T>(read: Result<T, HaError>, what: &str) -> Result<Option<T>, SessionError> {
+    use crate::ha::HaErrorKind::{InvalidResponse, Rejected, Server};
+    match read {
+        Ok(found) => Ok(Some(found)),
+        Err(e) if matches!(e.kind, Rejected | Server | InvalidResponse) => {
+            tracing::warn!(error = %e, "home assistant's {what} is unknown; service responses are asked as commands say");
+            Ok(None)
+        }
+        Err(e) => Err(SessionError::Discover(e)),
     }
 }
 

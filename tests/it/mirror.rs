@@ -173,3 +173,53 @@ async fn when_home_assistant_refuses_the_websocket_token_ha_status_is_offline() 
     assert!(env.ha.ws_connections() <= 1, "no reconnect storm with a refused token");
     env.gateway.stop().await;
 }
+
+/// HA 2024.3 answers `GET /api/services` with a 500 when an integration's
+/// service descriptions fail to load (its camera services import numpy):
+/// the catalogue stays unknown, the mirror runs all the same.
+#[tokio::test]
+async fn a_services_catalogue_home_assistant_cannot_give_does_not_stop_the_mirror() {
+    let Some(mut env) = setup("mirror_no_catalogue", MIRROR).await else { return };
+    env.ha.fail_read("/api/services", Some(500));
+    seed(&env);
+    env.gateway.stop().await;
+    env.gateway = Gateway::start(&env.config, MIRROR).await;
+    env.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"online").await;
+    let light = env.client.expect(&format!("{PREFIX}/state/light/a"), T, |_| true).await;
+    assert_eq!(light.json()["state"], "on");
+    assert!(env.ha.reads().1 >= 1, "the catalogue was asked for");
+    // Calls go as commands ask.
+    env.client.publish(&format!("{PREFIX}/call/light/turn_on"), r#"{"entity_id":"light.a"}"#).await;
+    let r = env.client.expect(&format!("{PREFIX}/result/light/turn_on"), T, |_| true).await;
+    assert_eq!(r.json()["ok"], true);
+    env.gateway.stop().await;
+}
+
+/// A session that fails after authenticating (here: its snapshot) is retried
+/// with the growing backoff, not at once over and over.
+#[tokio::test]
+async fn a_session_failing_after_authentication_backs_off() {
+    let mut overrides = MIRROR.to_vec();
+    overrides.extend([("HOME_ASSISTANT__RETRY_MIN", "50ms"), ("HOME_ASSISTANT__RETRY_MAX", "1s")]);
+    let Some(mut env) = setup("mirror_backoff", &overrides).await else { return };
+    env.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"online").await;
+    env.ha.fail_read("/api/states", Some(500));
+    let before = env.ha.ws_accepted();
+    env.ha.drop_websockets(false);
+    env.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"offline").await;
+    // retry_min 50ms, max 1s: the 5th try comes after at least
+    // 25+50+100+200+400 ms of backoff (half of each ceiling); without the
+    // backoff growing, after 5 × at most 50 ms.
+    let started = tokio::time::Instant::now();
+    let deadline = started + T;
+    while env.ha.ws_accepted() - before < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "no 5 reconnects in {T:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(700), "5 reconnects in {elapsed:?}: the backoff did not grow");
+    // Once HA answers again, the mirror is back.
+    env.ha.fail_read("/api/states", None);
+    env.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"online").await;
+    env.gateway.stop().await;
+}

@@ -108,6 +108,8 @@ pub(super) struct Inner {
     config_reads: usize,
     services_reads: usize,
     probes: usize,
+    /// `GET` paths (`/api/services`, `/api/states`) answered with this status.
+    failing_reads: HashMap<&'static str, u16>,
 }
 
 #[derive(Clone)]
@@ -219,6 +221,24 @@ impl FakeHa {
         self.inner.lock().unwrap().responses.insert(service.into(), response);
     }
 
+    /// `GET path` answers `status` from now on (`None`: answers again).
+    pub fn fail_read(&self, path: &'static str, status: Option<u16>) {
+        let mut inner = self.inner.lock().unwrap();
+        match status {
+            Some(status) => inner.failing_reads.insert(path, status),
+            None => inner.failing_reads.remove(path),
+        };
+    }
+
+    /// The status `GET path` is set to fail with, if any.
+    fn failing_read(&self, path: &str) -> Option<Response> {
+        let status = *self.inner.lock().unwrap().failing_reads.get(path)?;
+        Some(
+            (StatusCode::from_u16(status).unwrap(), "500 Internal Server Error\n\nServer got itself in trouble")
+                .into_response(),
+        )
+    }
+
     /// (`/api/config` reads, `/api/services` reads, `/api/` probes).
     pub fn reads(&self) -> (usize, usize, usize) {
         let i = self.inner.lock().unwrap();
@@ -272,6 +292,11 @@ impl FakeHa {
 
     pub fn state(&self, entity_id: &str) -> Option<Value> {
         self.inner.lock().unwrap().states.get(entity_id).cloned()
+    }
+
+    /// Websocket connections accepted since start.
+    pub fn ws_accepted(&self) -> usize {
+        self.ws.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Websocket connections open now.
@@ -339,8 +364,11 @@ async fn api_services(State(ha): State<FakeHa>, headers: HeaderMap) -> Response 
     if !ha.authorized(&headers).0 {
         return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
     }
-    let mut inner = ha.inner.lock().unwrap();
-    inner.services_reads += 1;
+    ha.inner.lock().unwrap().services_reads += 1;
+    if let Some(failed) = ha.failing_read("/api/services") {
+        return failed;
+    }
+    let inner = ha.inner.lock().unwrap();
     let mut domains: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
     for (name, supports) in &inner.services {
         let (domain, service) = name.split_once('.').unwrap();
@@ -428,6 +456,9 @@ impl Inner {
 async fn all_states(State(ha): State<FakeHa>, headers: HeaderMap) -> Response {
     if !ha.authorized(&headers).0 {
         return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
+    }
+    if let Some(failed) = ha.failing_read("/api/states") {
+        return failed;
     }
     let states: Vec<Value> = ha.inner.lock().unwrap().states.values().cloned().collect();
     axum::Json(states).into_response()

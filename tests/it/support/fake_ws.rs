@@ -14,6 +14,8 @@ use super::fake_ha::FakeHa;
 #[derive(Debug)]
 pub struct WsControl {
     pub open: AtomicUsize,
+    /// Connections accepted since start.
+    pub accepted: AtomicUsize,
     pub refuse: AtomicBool,
     /// Bumped to close every open connection.
     pub generation: tokio::sync::watch::Sender<u64>,
@@ -21,7 +23,12 @@ pub struct WsControl {
 
 impl Default for WsControl {
     fn default() -> Self {
-        Self { open: AtomicUsize::new(0), refuse: AtomicBool::new(false), generation: tokio::sync::watch::channel(0).0 }
+        Self {
+            open: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
+            refuse: AtomicBool::new(false),
+            generation: tokio::sync::watch::channel(0).0,
+        }
     }
 }
 
@@ -40,6 +47,7 @@ async fn session(ha: FakeHa, mut socket: WebSocket) {
     let mut generation = ha.ws.generation.subscribe();
     generation.borrow_and_update();
     ha.ws.open.fetch_add(1, Ordering::SeqCst);
+    ha.ws.accepted.fetch_add(1, Ordering::SeqCst);
     serve(&ha, &mut socket, &mut generation).await;
     ha.ws.open.fetch_sub(1, Ordering::SeqCst);
 }
