@@ -61,12 +61,12 @@ RUN touch src/main.rs src/lib.rs \
 # ---------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE}
 
-# Set at build time, e.g.
-#   docker build --build-arg VERSION="$(git describe --tags --always)" \
-#     --build-arg REVISION="$(git rev-parse HEAD)" \
+# VERSION defaults to the gateway's version (Cargo.toml's; scripts/check-deploy
+# checks they agree); REVISION and CREATED are set at build time, e.g.
+#   docker build --build-arg REVISION="$(git rev-parse HEAD)" \
 #     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
 ARG RUNTIME_IMAGE
-ARG VERSION=dev
+ARG VERSION=0.7.0
 ARG REVISION=unknown
 ARG CREATED=unknown
 
