@@ -150,17 +150,15 @@ impl RouteTable {
                 Format::Auto
             }
         };
+        let when = r.when.as_deref().and_then(|w| {
+            let label = format!("route {name:?} when");
+            self.templates.add_condition_named(&label, w).map_err(|e| fail("when", format!("{label}: {e}"))).ok()
+        });
         let templates = &mut self.templates;
         let mut compile = |key: &str, src: &str, fail: &mut dyn FnMut(&str, String)| {
             let label = format!("route {name:?} {key}");
             templates.add_named(&label, src).map_err(|e| fail(key, format!("template: {e}"))).ok()
         };
-        let when = r.when.as_deref().and_then(|w| {
-            let source = format!("{{{{ {w} }}}}");
-            // Validate as an expression, store as a condition.
-            compile("when", &source, &mut fail)?;
-            compile("when", &format!("{{% if {w} %}}1{{% endif %}}"), &mut fail)
-        });
         let entity_id = r.entity_id.as_deref().and_then(|e| compile("entity_id", e, &mut fail));
         let check_service = |d: &Slug, s: &Slug, key: &str, fail: &mut dyn FnMut(&str, String)| {
             let call = ServiceCall::new(d.clone(), s.clone(), Map::new());

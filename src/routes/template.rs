@@ -4,6 +4,12 @@
 //!
 //! Rendered text is read back as a JSON literal when it is one (`127.5`,
 //! `true`, `[1,2]`), like HA's native types, so numbers reach HA as numbers.
+//!
+//! A condition (`when`) is written either as HA writes template conditions,
+//! `{{ value_json.action == 'single' }}` (true when it renders `true`, `on`,
+//! `yes`, `enable` or a non-zero number, as HA judges them), or as a bare
+//! expression, `value_json.action == 'single'`. Compile errors give the
+//! line and column and, for mistakes HA users make, the fix in HA's words.
 
 use std::fmt;
 use std::sync::Arc;
@@ -50,10 +56,26 @@ impl Templates {
         Ok(Tmpl(name))
     }
 
-    /// Compiles an expression (`value_json.action == 'single'`) as a template
-    /// that renders `1` when it is true.
+    /// Compiles a condition: HA's template form (`{{ … }}`, `{% … %}`) as
+    /// it is, a bare expression (`value_json.action == 'single'`) as a
+    /// template that renders `1` when it is true. See [`is_true`](Self::is_true).
     pub fn add_condition(&mut self, expr: &str) -> Result<Tmpl, String> {
-        self.add(&format!("{{% if {expr} %}}1{{% endif %}}"))
+        self.add_condition_named("condition", expr)
+    }
+
+    /// [`add_condition`](Self::add_condition) under a name that errors show.
+    pub fn add_condition_named(&mut self, name: &str, when: &str) -> Result<Tmpl, String> {
+        const IF: &str = "{% if ";
+        let (source, shift) =
+            if is_template(when) { (when.to_owned(), 0) } else { (format!("{IF}{when} %}}1{{% endif %}}"), IF.len()) };
+        if let Some(hint) = home_assistant_only_names(&source) {
+            return Err(hint);
+        }
+        self.count += 1;
+        let name =
+            if self.env.get_template(name).is_ok() { format!("{name} #{}", self.count) } else { name.to_owned() };
+        self.env.add_template_owned(name.clone(), source).map_err(|e| condition_error(&e, when, shift))?;
+        Ok(Tmpl(name))
     }
 
     pub fn render(&self, t: &Tmpl, ctx: &Jinja) -> Result<String, String> {
@@ -61,8 +83,10 @@ impl Templates {
         template.render(ctx).map_err(describe)
     }
 
+    /// Renders a condition and judges the text as HA judges a template
+    /// condition's result.
     pub fn is_true(&self, t: &Tmpl, ctx: &Jinja) -> Result<bool, String> {
-        Ok(self.render(t, ctx)?.trim() == "1")
+        Ok(truthy(&self.render(t, ctx)?))
     }
 
     /// Renders and reads the text as a JSON literal when it is one.
@@ -84,6 +108,53 @@ pub fn native(text: String) -> Value {
         Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_))) => v,
         _ => Value::String(text),
     }
+}
+
+/// HA's `result_as_boolean`: `true`/`on`/`yes`/`enable` (any case) or a
+/// non-zero number; anything else (`maybe`, ``) is false.
+pub fn truthy(text: &str) -> bool {
+    let text = text.trim();
+    if let Ok(n) = text.parse::<f64>() {
+        return n != 0.0;
+    }
+    ["true", "on", "yes", "enable"].iter().any(|t| text.eq_ignore_ascii_case(t))
+}
+
+/// A condition's compile error: what, where (line and column in what the
+/// user wrote; `shift` is what was put before it), and the usual fix.
+fn condition_error(e: &minijinja::Error, written: &str, shift: usize) -> String {
+    let what = e.detail().map(str::to_owned).unwrap_or_else(|| e.kind().to_string());
+    let mut at = e.range().map(|r| r.start.saturating_sub(shift)).unwrap_or(0).min(written.len());
+    while !written.is_char_boundary(at) {
+        at -= 1;
+    }
+    let rest = &written[at..];
+    let before = &written[..at + rest.len() - rest.trim_start().len()];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!(
+        "syntax error: {what} at line {line}, column {column}; write a condition as one template, \
+         as in Home Assistant ({{{{ value_json.action == 'single' }}}}, the {{{{ … }}}} form), or as a bare expression \
+         (value_json.action == 'single'), not a mix of the two"
+    )
+}
+
+/// Names Home Assistant's templates have and routes do not, with their
+/// counterpart here: `trigger.payload_json` is `value_json`, and so on.
+fn home_assistant_only_names(source: &str) -> Option<String> {
+    const HA_ONLY: [(&str, &str); 6] = [
+        ("trigger", "trigger.payload_json is value_json here, trigger.payload is value, trigger.topic is topic"),
+        ("states", "a route sees the MQTT message only (value, value_json, topic); HA's states are not read"),
+        ("is_state", "a route sees the MQTT message only (value, value_json, topic); HA's states are not read"),
+        ("state_attr", "a route sees the MQTT message only (value, value_json, topic); HA's states are not read"),
+        ("this", "a route sees the MQTT message only (value, value_json, topic)"),
+        ("now", "routes have no clock; use HA's own conditions in the script or automation the route calls"),
+    ];
+    let mut env = Environment::new();
+    env.add_template("probe", source).ok()?;
+    let used = env.get_template("probe").ok()?.undeclared_variables(false);
+    let (name, fix) = HA_ONLY.iter().find(|(name, _)| used.contains(*name))?;
+    Some(format!("{name} is a Home Assistant template name routes do not have: {fix}"))
 }
 
 fn describe(e: minijinja::Error) -> String {

@@ -205,3 +205,60 @@ fn return_response_marks_the_routes_calls() {
             .unwrap();
     assert!(parsed.route[0].return_response, "the key is read from TOML");
 }
+
+/// `when` as HA users write it (`{{ … }}`, judged like HA's template
+/// conditions: `true`/`on`/`yes`/`1`/a non-zero number) and as a bare expression.
+#[test]
+fn when_takes_home_assistants_template_form_and_a_bare_expression() {
+    let rows: [(&str, &str, bool); 14] = [
+        ("value_json.action == 'single'", r#"{"action":"single"}"#, true),
+        ("value_json.action == 'single'", r#"{"action":"double"}"#, false),
+        ("{{ value_json.action == 'single' }}", r#"{"action":"single"}"#, true),
+        ("{{ value_json.action == 'single' }}", r#"{"action":"double"}"#, false),
+        ("  {{value_json.action in ['single', 'double']}}  ", r#"{"action":"double"}"#, true),
+        ("{{ value_json.n }}", r#"{"n":2}"#, true),
+        ("{{ value_json.n }}", r#"{"n":0}"#, false),
+        ("{{ value }}", "on", true),
+        ("{{ value }}", "OFF", false),
+        ("{{ value }}", "maybe", false),
+        ("{% if value | int > 20 %}true{% endif %}", "21", true),
+        ("{% if value | int > 20 %}true{% endif %}", "19", false),
+        ("{{ value_json.a }} and {{ value_json.b }}", r#"{"a":1,"b":2}"#, false),
+        ("{{ value_json.missing }}", r#"{}"#, false),
+    ];
+    for (when, payload, expected) in rows {
+        let mut r = route("z/button");
+        r.when = Some(when.into());
+        r.service = Some("light.toggle".into());
+        r.entity_id = Some("light.hall".into());
+        let t = RouteTable::compile(&[r], &access(&["*"])).unwrap_or_else(|e| panic!("{when}: {e:?}"));
+        let out = outcomes(&t, "z/button", payload);
+        assert_eq!(out[0] != "skip:when", expected, "when = {when:?} with {payload}: {out:?}");
+    }
+}
+
+/// A `when` that does not compile names the route, the key, where, and the
+/// likely fix in HA's words.
+#[test]
+fn a_when_that_does_not_compile_says_where_and_how_to_fix_it() {
+    let rows = [
+        ("value_json.action == 'single' }}", "line 1, column 31", "{{ … }}"),
+        ("{{ value_json.action == }}", "line 1", "{{ … }}"),
+        ("{{ trigger.payload_json.action == 'single' }}", "trigger", "value_json"),
+        ("{{ value_json.action == 'single' ", "line 1", "{{ … }}"),
+    ];
+    for (when, place, hint) in rows {
+        let mut r = route("z/button");
+        r.name = Some("button".into());
+        r.when = Some(when.into());
+        r.service = Some("light.toggle".into());
+        r.entity_id = Some("light.hall".into());
+        let errs = match RouteTable::compile(&[r], &access(&["*"])) {
+            Err(errs) => format!("{errs:?}"),
+            Ok(_) => panic!("{when:?} compiled"),
+        };
+        assert!(errs.contains(r#"name: "button", key: "when""#), "{when:?}: {errs}");
+        assert!(errs.contains(place), "{when:?}: {errs}");
+        assert!(errs.contains(hint), "{when:?}: {errs}");
+    }
+}

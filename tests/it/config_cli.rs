@@ -113,3 +113,37 @@ fn the_shipped_example_config_is_valid() {
     );
     assert_eq!(code, 0, "{out}");
 }
+
+/// A route's `when` written as HA writes it (`{{ … }}`) passes `check`; one
+/// using HA's `trigger` is refused with the name to use instead.
+#[test]
+fn check_accepts_home_assistant_style_conditions_and_explains_ha_only_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |when: &str| {
+        format!(
+            r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[home_assistant]
+url = "http://127.0.0.1:8123"
+[access]
+allow_services = ["light.toggle"]
+[[route]]
+name = "hall button"
+topic = "zigbee2mqtt/hall_button"
+when = "{when}"
+service = "light.toggle"
+entity_id = "light.hall"
+"#
+        )
+    };
+    let token = [("MQTT_HA_GATEWAY_HOME_ASSISTANT__TOKEN", "t")];
+    let ok = write(&dir, "ok.toml", &config("{{ value_json.action == 'single' }}"));
+    let (code, out) = gateway(&["check", "--config", &ok], &token);
+    assert_eq!(code, 0, "{out}");
+    let bad = write(&dir, "bad.toml", &config("{{ trigger.payload_json.action == 'single' }}"));
+    let (code, out) = gateway(&["check", "--config", &bad], &token);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("hall button") && out.contains("when"), "{out}");
+    assert!(out.contains("trigger.payload_json is value_json here"), "{out}");
+}
