@@ -36,12 +36,24 @@ pub enum Format {
     Json,
     Text,
     Number,
+    /// HA's `mqtt_eventstream` shape: `{"event_type":"call_service",
+    /// "event_data":{"domain":…,"service":…,"service_data":{…}}}`; the call
+    /// comes from the message (see [`eventstream_call`]).
+    EventStream,
 }
 
 #[derive(Debug)]
 enum Target {
-    Service { service: Tmpl, static_service: Option<(Slug, Slug)> },
-    Map { key: Option<Tmpl>, entries: HashMap<String, MapEntry> },
+    Service {
+        service: Tmpl,
+        static_service: Option<(Slug, Slug)>,
+    },
+    Map {
+        key: Option<Tmpl>,
+        entries: HashMap<String, MapEntry>,
+    },
+    /// `format = "eventstream"`: service and data from the message.
+    EventStream,
 }
 
 #[derive(Debug, Clone)]
@@ -145,8 +157,9 @@ impl RouteTable {
             "json" => Format::Json,
             "text" => Format::Text,
             "number" => Format::Number,
+            "eventstream" => Format::EventStream,
             other => {
-                fail("format", format!("{other:?} is not json, text, number or auto"));
+                fail("format", format!("{other:?} is not json, text, number, eventstream or auto"));
                 Format::Auto
             }
         };
@@ -176,6 +189,23 @@ impl RouteTable {
             }
         };
         let target = match (&r.service, r.map.is_empty()) {
+            _ if format == Format::EventStream => {
+                let extra = [
+                    ("service", r.service.is_some()),
+                    ("map", !r.map.is_empty()),
+                    ("entity_id", r.entity_id.is_some()),
+                    ("data", !r.data.is_empty()),
+                ];
+                for (key, _) in extra.iter().filter(|(_, set)| *set) {
+                    fail(
+                        key,
+                        format!(
+                            "format = \"eventstream\" takes the service and its data from the message; remove {key}"
+                        ),
+                    );
+                }
+                Some(Target::EventStream)
+            }
             (Some(_), false) => {
                 fail("service", "set either service or map, not both".into());
                 None
@@ -321,6 +351,17 @@ impl RouteTable {
             }
         }
         let (domain, service, mut entity) = match &route.target {
+            Target::EventStream => {
+                return match eventstream_call(payload) {
+                    Ok(Some(call)) => {
+                        let call = ServiceCall { return_response: route.return_response, ..call };
+                        let flow_key = format!("{}|{}|{}", route.name, call.name(), call.entity_ids().join(","));
+                        RouteResult::Call { route: route.name.clone(), call, flow: route.flow, flow_key }
+                    }
+                    Ok(None) => RouteResult::Skipped { route: route.name.clone(), why: "event_type" },
+                    Err(detail) => failed(ErrorCode::InvalidPayload, detail),
+                }
+            }
             Target::Service { static_service: Some((d, s)), .. } => (d.clone(), s.clone(), None),
             Target::Service { service, static_service: None } => {
                 let rendered = match self.templates.render(service, &ctx) {
@@ -376,6 +417,32 @@ impl RouteTable {
     }
 }
 
+/// An `mqtt_eventstream` message as the call it asks for: `None` for an
+/// event other than `call_service` (HA's eventstream publishes every event);
+/// `Err` when a `call_service` event does not name a service or its data is
+/// not an object. The payload was parsed (and limited) by [`context`].
+fn eventstream_call(payload: &[u8]) -> Result<Option<ServiceCall>, String> {
+    let event: Value = serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    match event.get("event_type") {
+        Some(Value::String(t)) if t == "call_service" => {}
+        Some(Value::String(_)) => return Ok(None),
+        _ => return Err("an eventstream message needs \"event_type\" (a string)".into()),
+    }
+    let data = &event["event_data"];
+    let name = |key: &str| match data.get(key) {
+        Some(Value::String(s)) => Slug::parse(s)
+            .ok_or_else(|| format!("event_data.{key} {s:?}: lowercase a-z, 0-9 and single inner underscores")),
+        _ => Err(format!("a call_service event needs event_data.{key} (a string)")),
+    };
+    let (domain, service) = (name("domain")?, name("service")?);
+    let service_data = match data.get("service_data") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err("event_data.service_data must be an object".into()),
+    };
+    Ok(Some(ServiceCall::new(domain, service, service_data)))
+}
+
 /// `domain.service`, both slugs.
 fn parse_service(s: &str) -> Result<(Slug, Slug), String> {
     let (d, sv) = s.split_once('.').ok_or_else(|| format!("{s:?} is not domain.service"))?;
@@ -392,7 +459,7 @@ fn context(route: &Route, topic: &str, payload: &[u8], limits: &Limits) -> Resul
     let json: Option<Value> = match route.format {
         Format::Text | Format::Number => None,
         Format::Auto => serde_json::from_str(text).ok(),
-        Format::Json => Some(
+        Format::Json | Format::EventStream => Some(
             serde_json::from_str(text).map_err(|e| (ErrorCode::InvalidJson, format!("payload is not JSON: {e}")))?,
         ),
     };

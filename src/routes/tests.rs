@@ -262,3 +262,41 @@ fn a_when_that_does_not_compile_says_where_and_how_to_fix_it() {
         assert!(errs.contains(hint), "{when:?}: {errs}");
     }
 }
+
+/// `format = "eventstream"`: the messages HA's `mqtt_eventstream` publishes
+/// (and accepts), run as the calls they name.
+#[test]
+fn eventstream_messages_become_the_calls_they_name() {
+    let mut r = route("homeassistant/eventstream");
+    r.format = Some("eventstream".into());
+    let t = table(vec![r]);
+    let call = |data: &str| format!(r#"{{"event_type":"call_service","event_data":{data}}}"#);
+    let rows: [(String, &str); 9] = [
+        (
+            call(r#"{"domain":"light","service":"turn_on","service_data":{"entity_id":"light.hall","brightness":40}}"#),
+            r#"light.turn_on {"entity_id":"light.hall","brightness":40}"#,
+        ),
+        (call(r#"{"domain":"scene","service":"turn_on"}"#), "scene.turn_on {}"),
+        (call(r#"{"domain":"scene","service":"turn_on","service_data":null}"#), "scene.turn_on {}"),
+        (r#"{"event_type":"state_changed","event_data":{"entity_id":"light.hall"}}"#.into(), "skip:event_type"),
+        (call(r#"{"domain":"light"}"#), "fail:invalid_payload"),
+        (call(r#"{"domain":"Light","service":"turn_on"}"#), "fail:invalid_payload"),
+        (call(r#"{"domain":"light","service":"turn_on","service_data":[1]}"#), "fail:invalid_payload"),
+        (r#"{"event_data":{}}"#.into(), "fail:invalid_payload"),
+        ("call_service".into(), "fail:invalid_json"),
+    ];
+    for (payload, expected) in rows {
+        assert_eq!(outcomes(&t, "homeassistant/eventstream", &payload), vec![expected.to_owned()], "{payload}");
+    }
+}
+
+#[test]
+fn an_eventstream_route_takes_no_service_of_its_own() {
+    let mut r = route("homeassistant/eventstream");
+    r.format = Some("eventstream".into());
+    r.service = Some("light.toggle".into());
+    r.entity_id = Some("light.hall".into());
+    let errs = RouteTable::compile(&[r], &access(&["*"])).unwrap_err();
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["service", "entity_id"], "{errs:?}");
+}
