@@ -131,7 +131,10 @@ impl HaClient {
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
-        let (status, body) = self.check_status(response).await?;
+        let (status, body) = match self.check_status(response).await {
+            Err(e) if e.status == Some(400) => return Err(self.unless_starting(e).await),
+            other => other?,
+        };
         match serde_json::from_slice::<Value>(&body) {
             Ok(body) => call_response(status, body),
             Err(_) => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not JSON")),
@@ -148,6 +151,23 @@ impl HaClient {
                 let (status, state) = self.get_json(&format!("api/states/{entity}")).await?;
                 Ok(CallResponse { status, changed: vec![state], response: None })
             }
+        }
+    }
+
+    /// A 400 from an HA that is still starting is not the call's fault: its
+    /// REST API answers before every integration has registered its
+    /// services ("service not found"; 2024.3 says only "400: Bad Request").
+    /// Then it becomes a server error, retried like a 503; from a running
+    /// HA (or when HA's state cannot be read) the 400 stands.
+    async fn unless_starting(&self, e: HaError) -> HaError {
+        let Ok((_, config)) = self.get_json("api/config").await else { return e };
+        match config.get("state").and_then(Value::as_str) {
+            Some(state) if state != "RUNNING" => HaError {
+                kind: HaErrorKind::Server,
+                message: format!("home assistant is not running yet (state {state}): {}", e.message),
+                ..e
+            },
+            _ => e,
         }
     }
 

@@ -96,6 +96,31 @@ async fn while_ha_is_unreachable_commands_wait_until_they_expire_without_spendin
     env.gateway.stop().await;
 }
 
+/// While HA starts, its REST API answers before every integration has
+/// registered its services: a call then gets a 400 ("service not found",
+/// in 2024.3 a bare "400: Bad Request"). That is retried until HA says it
+/// is running; once it is, a 400 is final again.
+#[tokio::test]
+async fn a_bad_request_while_home_assistant_starts_is_retried() {
+    let Some(mut env) = setup("starting", &[]).await else {
+        return;
+    };
+    env.wait_online().await;
+    env.ha.set_core_state("STARTING");
+    env.ha.script([Reply::status(400), Reply::status(400)]);
+    let r = env.client.call("light.turn_on", r#"{"entity_id":"light.a"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(env.ha.calls().len(), 3);
+    assert_eq!(env.gateway.metric("retries_total"), 2.0);
+
+    env.ha.set_core_state("RUNNING");
+    env.ha.script([Reply::status(400)]);
+    let r = env.client.call("light.turn_on", r#"{"entity_id":"light.a"}"#).await;
+    assert_eq!((r["ok"].clone(), r["error"].clone()), (json!(false), json!("ha_error")), "{r}");
+    assert_eq!(env.ha.calls().len(), 4);
+    env.gateway.stop().await;
+}
+
 #[tokio::test]
 async fn bad_requests_are_final() {
     let Some(mut env) = setup("bad_request", &[]).await else {

@@ -108,6 +108,8 @@ pub(super) struct Inner {
     config_reads: usize,
     services_reads: usize,
     probes: usize,
+    /// `GET /api/config`'s `state` (HA's core state); `None`: "RUNNING".
+    core_state: Option<String>,
     /// `GET` paths (`/api/services`, `/api/states`) answered with this status.
     failing_reads: HashMap<&'static str, u16>,
 }
@@ -219,6 +221,12 @@ impl FakeHa {
     /// The `service_response` of `domain.service` when asked.
     pub fn set_response(&self, service: &str, response: Value) {
         self.inner.lock().unwrap().responses.insert(service.into(), response);
+    }
+
+    /// HA's core state as `GET /api/config` reports it (`STARTING` while
+    /// its integrations load, `RUNNING` after).
+    pub fn set_core_state(&self, state: &str) {
+        self.inner.lock().unwrap().core_state = Some(state.into());
     }
 
     /// `GET path` answers `status` from now on (`None`: answers again).
@@ -355,7 +363,9 @@ async fn api_config(State(ha): State<FakeHa>, headers: HeaderMap) -> Response {
     }
     let mut inner = ha.inner.lock().unwrap();
     inner.config_reads += 1;
-    axum::Json(json!({"version": inner.version, "location_name": "Fake", "components": ["api"]})).into_response()
+    let state = inner.core_state.clone().unwrap_or_else(|| "RUNNING".into());
+    axum::Json(json!({"version": inner.version, "location_name": "Fake", "components": ["api"], "state": state}))
+        .into_response()
 }
 
 /// `[{"domain":…,"services":{name: {…,"response":{"optional":…}}}}]`, the
