@@ -1,6 +1,7 @@
 //! End-to-end tests: the gateway between a real Mosquitto and a real Home
 //! Assistant Core (installed from PyPI by `tests/ha/install`, onboarded by
-//! script, real long-lived tokens).
+//! script, real long-lived tokens). Every test runs against each
+//! [`Release`]: `ha_2024_3::…` and `ha_2026_2::…` (see [`for_each_release`]).
 
 mod ha;
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use ha::Ha;
+use ha::{Ha, Release};
 use support::{Broker, Gateway, TestClient, PREFIX};
 
 const T: Duration = Duration::from_secs(20);
@@ -36,11 +37,12 @@ enum Token {
 }
 
 /// Broker + real HA + gateway (token from a file in the rig's temp dir).
-async fn rig(test: &str, token: Token, overrides: &[(&str, &str)]) -> Option<Rig> {
+async fn rig(release: Release, test: &str, token: Token, overrides: &[(&str, &str)]) -> Option<Rig> {
+    let test = &format!("{test}_{}", release.name().replace('.', "_"));
     let broker = Broker::start(test)?;
     let ha = tokio::task::spawn_blocking({
         let test = test.to_owned();
-        move || Ha::start(&test)
+        move || Ha::start(&test, release)
     })
     .await
     .unwrap()?;
@@ -49,15 +51,16 @@ async fn rig(test: &str, token: Token, overrides: &[(&str, &str)]) -> Option<Rig
     match token {
         Token::User => std::fs::copy(&ha.user_token_file, &token_file).map(|_| ()).unwrap(),
         Token::Own => {
-            ha.tool(&["new-token", "--name", &format!("gateway {test}"), "--out", &token_file.display().to_string()])
+            ha.tool(&["new-token", "--name", &format!("gateway {test}"), "--out", &token_file.display().to_string()]);
         }
     }
     let config = support::gateway::write_config(dir.path(), broker.port, &ha.url, &token_file);
     let mut overrides = overrides.to_vec();
-    overrides.push((
+    let allows = overrides.iter().any(|(k, _)| *k == "ACCESS__ALLOW_SERVICES");
+    (!allows).then(|| overrides.push((
         "ACCESS__ALLOW_SERVICES",
         r#"["light.*", "switch.*", "cover.*", "fan.*", "climate.set_temperature", "counter.increment", "script.turn_on", "scene.turn_on"]"#,
-    ));
+    )));
     let mut client = TestClient::connect(
         broker.port,
         &format!("e2e-{test}"),
@@ -74,12 +77,13 @@ async fn rig(test: &str, token: Token, overrides: &[(&str, &str)]) -> Option<Rig
     Some(Rig { _broker: broker, ha, client, gateway, dir, token_file })
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn call_and_set_change_real_entities() {
-    let Some(mut rig) = rig("e2e_call_set", Token::Own, &[]).await else {
+async fn call_and_set_change_real_entities(release: Release) {
+    let Some(mut rig) = rig(release, "e2e_call_set", Token::Own, &[]).await else {
         return;
     };
     rig.gateway.wait_metric("ha_up", T, |v| v == 1.0).await;
+    // The mirror read HA's version on connecting.
+    rig.gateway.wait_metric(&format!(r#"ha_info{{version="{}"}}"#, release.version()), T, |v| v == 1.0).await;
     let (status, body) = rig.gateway.get("/readyz").await;
     assert_eq!(status, 200, "{body}");
 
@@ -128,9 +132,8 @@ async fn call_and_set_change_real_entities() {
     rig.gateway.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn home_assistants_own_answers_are_reported() {
-    let Some(mut rig) = rig("e2e_errors", Token::Own, &[]).await else {
+async fn home_assistants_own_answers_are_reported(release: Release) {
+    let Some(mut rig) = rig(release, "e2e_errors", Token::Own, &[]).await else {
         return;
     };
     let r = rig.client.call("light.does_not_exist", r#"{"entity_id":"light.kitchen","correlation":1}"#).await;
@@ -150,6 +153,9 @@ async fn home_assistants_own_answers_are_reported() {
     let (code, out) = check_online(&config, &[]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("accepts the token"), "{out}");
+    assert!(out.contains(&format!("home assistant: version {}", release.version())), "{out}");
+    assert!(!out.contains("outside the tested range"), "{out}");
+    assert_eq!(out.contains("returns no service responses over REST"), !release.has_rest_responses(), "{out}");
     // …and says clearly when HA refuses the token.
     let wrong = rig.dir.path().join("wrong");
     std::fs::write(&wrong, "not-a-valid-token").unwrap();
@@ -159,9 +165,9 @@ async fn home_assistants_own_answers_are_reported() {
     assert!(out.contains("error: home_assistant: the token was refused"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_revoked_token_stops_sending_and_a_new_one_resumes() {
-    let Some(mut rig) = rig("e2e_revoke", Token::Own, &[("QUEUE__MAX_AGE", "4s"), ("QUEUE__CONCURRENCY", "1")]).await
+async fn a_revoked_token_stops_sending_and_a_new_one_resumes(release: Release) {
+    let Some(mut rig) =
+        rig(release, "e2e_revoke", Token::Own, &[("QUEUE__MAX_AGE", "4s"), ("QUEUE__CONCURRENCY", "1")]).await
     else {
         return;
     };
@@ -195,9 +201,9 @@ async fn a_revoked_token_stops_sending_and_a_new_one_resumes() {
     rig.gateway.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn commands_sent_while_home_assistant_restarts_are_executed_after() {
+async fn commands_sent_while_home_assistant_restarts_are_executed_after(release: Release) {
     let Some(mut rig) = rig(
+        release,
         "e2e_restart",
         Token::Own,
         &[("QUEUE__MAX_AGE", "120s"), ("HOME_ASSISTANT__MAX_ATTEMPTS", "1000"), ("HOME_ASSISTANT__RETRY_MAX", "500ms")],
@@ -231,9 +237,8 @@ async fn commands_sent_while_home_assistant_restarts_are_executed_after() {
     drop(rig.dir);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_non_admin_token_can_call_services() {
-    let Some(mut rig) = rig("e2e_user", Token::User, &[]).await else {
+async fn a_non_admin_token_can_call_services(release: Release) {
+    let Some(mut rig) = rig(release, "e2e_user", Token::User, &[]).await else {
         return;
     };
     rig.gateway.wait_metric("ha_up", T, |v| v == 1.0).await;
@@ -251,15 +256,16 @@ async fn check_online(config: &std::path::Path, env: &[(&str, &str)]) -> (i32, S
     (out.status.code().unwrap_or(-1), text)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_mirror_follows_real_home_assistant_states() {
+async fn the_mirror_follows_real_home_assistant_states(release: Release) {
     let include = ("STATE__INCLUDE", r#"["light.*", "sensor.*"]"#);
-    let Some(mut rig) = rig("e2e_mirror", Token::Own, &[include]).await else { return };
+    let Some(mut rig) = rig(release, "e2e_mirror", Token::Own, &[include]).await else { return };
     rig.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"online").await;
     // The snapshot: every included entity, retained.
     let kitchen = rig.client.expect(&format!("{PREFIX}/state/light/kitchen"), T, |_| true).await;
     assert!(kitchen.retain);
     assert_eq!(kitchen.json()["state"], rig.ha.state("light.kitchen").await["state"]);
+    // `last_reported` (HA 2024.4+) passes through where HA sends it.
+    assert_eq!(kitchen.json().get("last_reported").is_some(), release.since_2024_4(), "{}", kitchen.json());
     rig.client.expect(&format!("{PREFIX}/state/sensor/living_room_temperature"), T, |_| true).await;
 
     // Changed in HA directly (not through the gateway): MQTT follows.
@@ -317,9 +323,8 @@ async fn with_routes(rig: &mut Rig, routes: &str, allow: &str) {
     rig.client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_zigbee2mqtt_button_route_toggles_a_real_light() {
-    let Some(mut rig) = rig("e2e_route_button", Token::Own, &[]).await else { return };
+async fn a_zigbee2mqtt_button_route_toggles_a_real_light(release: Release) {
+    let Some(mut rig) = rig(release, "e2e_route_button", Token::Own, &[]).await else { return };
     let routes = r#"
 [[route]]
 name = "hall button"
@@ -339,9 +344,8 @@ map = { single = "light.toggle:light.kitchen", double = "light.turn_on:light.hal
     rig.gateway.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_plain_sensor_value_route_sets_a_real_input_number() {
-    let Some(mut rig) = rig("e2e_route_sensor", Token::Own, &[]).await else { return };
+async fn a_plain_sensor_value_route_sets_a_real_input_number(release: Release) {
+    let Some(mut rig) = rig(release, "e2e_route_sensor", Token::Own, &[]).await else { return };
     let routes = r#"
 [[route]]
 name = "living room thermometer"
@@ -366,4 +370,168 @@ data = { value = "{{ (value | float) | round(1) }}" }
     let r = rig.client.result(&format!("{PREFIX}/result/_invalid/_invalid")).await;
     assert_eq!(r["error"], "invalid_payload", "{r}");
     rig.gateway.stop().await;
+}
+
+/// Service responses (HA 2024.8+): asked for by the command, or by the
+/// gateway itself for a response-only service; refused without calling HA
+/// where the service or HA has none.
+async fn service_responses_come_back_where_home_assistant_gives_them(release: Release) {
+    let allow = ("ACCESS__ALLOW_SERVICES", r#"["light.*", "script.house_summary", "weather.get_forecasts"]"#);
+    let Some(mut rig) = rig(release, "e2e_responses", Token::Own, &[allow]).await else { return };
+    // Online: HA's version and services catalogue have been read.
+    rig.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"online").await;
+
+    // A script with `response_variable` (tests/ha/config), asked for its response.
+    let r = rig.client.call("script.house_summary", r#"{"return_response":true,"correlation":"s-1"}"#).await;
+    if release.has_rest_responses() {
+        assert_eq!((r["ok"].clone(), r["correlation"].clone()), (json!(true), json!("s-1")), "{r}");
+        assert_eq!(r["response"]["kitchen"], rig.ha.state("light.kitchen").await["state"], "{r}");
+        assert!(r["response"]["lights_on"].is_u64(), "{r}");
+    } else {
+        assert_eq!((r["ok"].clone(), r["error"].clone()), (json!(false), json!("response_unsupported")), "{r}");
+        assert!(r["message"].as_str().unwrap().contains("2024.8"), "{r}");
+    }
+
+    // A response-only built-in service, not asked: the gateway asks for it.
+    let r = rig.client.call("weather.get_forecasts", r#"{"entity_id":"weather.home","type":"daily"}"#).await;
+    if release.has_rest_responses() {
+        assert_eq!(r["ok"], true, "{r}");
+        let forecast = r["response"]["weather.home"]["forecast"].as_array().unwrap_or_else(|| panic!("{r}"));
+        assert!(!forecast.is_empty(), "{r}");
+        assert!(forecast[0]["temperature"].is_number(), "{r}");
+    } else {
+        assert_eq!((r["ok"].clone(), r["error"].clone()), (json!(false), json!("response_unsupported")), "{r}");
+    }
+
+    // Asking a service that returns nothing: refused, HA never called.
+    let calls = rig.gateway.metric(r#"ha_calls_total{class="2xx"}"#);
+    let r = rig.client.call("light.turn_on", r#"{"entity_id":"light.kitchen","return_response":true}"#).await;
+    assert_eq!((r["ok"].clone(), r["error"].clone()), (json!(false), json!("response_unsupported")), "{r}");
+    assert_eq!(rig.ha.state("light.kitchen").await["state"], "off");
+    assert_eq!(rig.gateway.metric(r#"ha_calls_total{class="2xx"}"#), calls, "no call was made");
+    assert!(rig.gateway.metric(r#"commands_total{outcome="failed",reason="response_unsupported"}"#) >= 1.0);
+    // The same call without asking runs.
+    assert_eq!(rig.client.call("light.turn_on", r#"{"entity_id":"light.kitchen"}"#).await["ok"], true);
+    rig.ha.wait_state("light.kitchen", T, |s| s["state"] == "on").await;
+    rig.gateway.stop().await;
+}
+
+/// `label_id` and `floor_id` targets (HA 2024.4+) reach the labelled (or
+/// floor's) entities when `allow_targets` names them, and nothing otherwise.
+async fn labels_and_floors_are_targets_since_2024_4(release: Release) {
+    let targets = ("ACCESS__ALLOW_TARGETS", r#"["label_id", "floor_id"]"#);
+    let Some(mut rig) = rig(release, "e2e_labels", Token::Own, &[targets]).await else { return };
+    let label = rig.ha.tool(&["label", "--name", "E2E lights", "--entity", "light.kitchen", "--entity", "light.hall"]);
+    rig.ha.tool(&["area", "--name", "E2E hall", "--entity", "switch.fan_plug"]);
+    let floor = rig.ha.tool(&["floor", "--name", "E2E ground floor", "--area", "E2E hall"]);
+
+    let r = rig.client.call("light.turn_on", format!(r#"{{"label_id":"{label}"}}"#)).await;
+    assert_eq!(r["ok"], true, "{r}");
+    rig.ha.wait_state("light.kitchen", T, |s| s["state"] == "on").await;
+    rig.ha.wait_state("light.hall", T, |s| s["state"] == "on").await;
+    let r = rig.client.call("switch.turn_on", format!(r#"{{"floor_id":"{floor}"}}"#)).await;
+    assert_eq!(r["ok"], true, "{r}");
+    rig.ha.wait_state("switch.fan_plug", T, |s| s["state"] == "on").await;
+
+    // Without them in allow_targets: denied, nothing reached.
+    let config = rig.dir.path().join("gateway.toml");
+    let allow = ("ACCESS__ALLOW_SERVICES", r#"["light.*", "switch.*"]"#);
+    let old = std::mem::replace(&mut rig.gateway, Gateway::start(&config, &[allow]).await);
+    old.stop().await;
+    rig.client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    let r = rig.client.call("light.turn_off", format!(r#"{{"label_id":"{label}"}}"#)).await;
+    assert_eq!((r["ok"].clone(), r["error"].clone()), (json!(false), json!("target_denied")), "{r}");
+    let r = rig.client.call("switch.turn_off", format!(r#"{{"floor_id":"{floor}"}}"#)).await;
+    assert_eq!((r["ok"].clone(), r["error"].clone()), (json!(false), json!("target_denied")), "{r}");
+    // A plain call made after the denials runs: had they reached HA, they would be done by now.
+    assert_eq!(rig.client.call("light.turn_on", r#"{"entity_id":"light.kitchen"}"#).await["ok"], true);
+    for entity in ["light.kitchen", "light.hall", "switch.fan_plug"] {
+        assert_eq!(rig.ha.state(entity).await["state"], "on", "{entity}");
+    }
+    rig.gateway.stop().await;
+}
+
+/// What HA's `mqtt_eventstream` publishers send, run for real: a
+/// `call_service` event turns a light on; other events are skipped; a
+/// service outside `allow_services` is denied as any command is.
+async fn mqtt_eventstream_call_service_events_run(release: Release) {
+    let Some(mut rig) = rig(release, "e2e_eventstream", Token::Own, &[]).await else { return };
+    let routes = r#"
+[[route]]
+name = "eventstream"
+topic = "homeassistant/eventstream"
+format = "eventstream"
+"#;
+    with_routes(&mut rig, routes, r#"["light.*"]"#).await;
+    let publisher = TestClient::connect(rig._broker.port, "e2e-eventstream", &[]).await;
+    let event = |domain: &str, service: &str, data: serde_json::Value| {
+        json!({"event_type": "call_service", "event_data": {"domain": domain, "service": service, "service_data": data}})
+            .to_string()
+    };
+    publisher.publish("homeassistant/eventstream", r#"{"event_type":"state_changed","event_data":{}}"#).await;
+    publisher
+        .publish(
+            "homeassistant/eventstream",
+            event("light", "turn_on", json!({"entity_id": "light.hall", "brightness": 90})),
+        )
+        .await;
+    let r = rig.client.result(&format!("{PREFIX}/result/light/turn_on")).await;
+    assert_eq!((r["ok"].clone(), r["route"].clone()), (json!(true), json!("eventstream")), "{r}");
+    let s = rig.ha.wait_state("light.hall", T, |s| s["state"] == "on").await;
+    assert_eq!(s["attributes"]["brightness"], 90);
+    assert_eq!(rig.gateway.metric("route_skipped_total"), 1.0, "the state_changed event made no call");
+
+    publisher
+        .publish("homeassistant/eventstream", event("switch", "turn_on", json!({"entity_id": "switch.coffee_maker"})))
+        .await;
+    let r = rig.client.result(&format!("{PREFIX}/result/switch/turn_on")).await;
+    assert_eq!((r["ok"].clone(), r["error"].clone()), (json!(false), json!("service_denied")), "{r}");
+    assert_eq!(rig.ha.state("switch.coffee_maker").await["state"], "off");
+    rig.gateway.stop().await;
+}
+
+/// One `#[tokio::test]` per test and [`Release`], in a module per release:
+/// `cargo test --test e2e ha_2026_2::` runs one release. The second list
+/// holds tests of what only newer releases have.
+macro_rules! for_each_release {
+    (all: [$($all:ident),* $(,)?], since_2024_4: [$($new:ident),* $(,)?] $(,)?) => {
+        mod ha_2024_3 {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $all() {
+                    super::$all(super::Release::V2024_3).await
+                }
+            )*
+        }
+        mod ha_2026_2 {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $all() {
+                    super::$all(super::Release::V2026_2).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $new() {
+                    super::$new(super::Release::V2026_2).await
+                }
+            )*
+        }
+    };
+}
+
+for_each_release! {
+    all: [
+        call_and_set_change_real_entities,
+        home_assistants_own_answers_are_reported,
+        a_revoked_token_stops_sending_and_a_new_one_resumes,
+        commands_sent_while_home_assistant_restarts_are_executed_after,
+        a_non_admin_token_can_call_services,
+        the_mirror_follows_real_home_assistant_states,
+        a_zigbee2mqtt_button_route_toggles_a_real_light,
+        a_plain_sensor_value_route_sets_a_real_input_number,
+        service_responses_come_back_where_home_assistant_gives_them,
+        mqtt_eventstream_call_service_events_run,
+    ],
+    since_2024_4: [labels_and_floors_are_targets_since_2024_4],
 }

@@ -2,8 +2,9 @@
 """Onboarding and admin helper for the real Home Assistant of mqtt-ha-gateway's
 end-to-end test tier (see tests/ha/README.md).
 
-Run it with the Python of the venv that tests/ha/install prints (it only uses
-aiohttp, which Home Assistant itself depends on). Every subcommand takes
+Run it through tests/ha/hatool (HA_TOOL), which picks the Python of the
+release the state dir runs (it only uses aiohttp, which Home Assistant itself
+depends on); on 2024.3 `$HA_PYTHON hatool.py` works too. Every subcommand takes
 --state-dir DIR, the directory tests/ha/start manages; the URL is read from
 DIR/port. Progress and errors go to stderr; a failing command exits non-zero.
 
@@ -15,6 +16,14 @@ Subcommands:
   new-token   --name CLIENT_NAME --out FILE: a fresh admin long-lived token
   revoke      --token-file FILE: revoke that long-lived token, verify 401
   set-state   --entity ID --state S [--attributes JSON]: POST /api/states/ID
+  version     prints HA's version (GET /api/config)
+  area        --name AREA [--entity E]...: create the area unless it exists,
+              assign the entities to it; prints the area_id
+  label       --name N --entity E [--entity E2]...: create the label unless
+              it exists (HA 2024.4+), add it to the entities; prints the label_id
+  floor       --name N --area AREA_NAME_OR_ID: create the floor unless it
+              exists (HA 2024.4+), create the area if needed, put the area on
+              the floor; prints the floor_id
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -56,6 +66,8 @@ EXPECTED_ENTITIES = [
     "sensor.outdoor_humidity",
     "binary_sensor.window",
     "script.flash",
+    "script.house_summary",
+    "weather.home",
     "scene.evening",
     "input_boolean.kitchen_light",
     "input_number.kitchen_brightness",
@@ -517,12 +529,113 @@ async def cmd_set_state(session: aiohttp.ClientSession, st: State, args: argpars
     print(json.dumps(result))
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(2024, 3, 3) for "2024.3.3", (2026, 2) for "2026.2.0b1"; () if unparsable."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return tuple(int(g) for g in m.groups() if g is not None) if m else ()
+
+
+async def ha_version(session: aiohttp.ClientSession, st: State) -> str:
+    _, cfg = await http(session, st, "GET", "/api/config", token=st.read("admin.token"))
+    return str(cfg.get("version", "unknown"))
+
+
+async def require_version(
+    session: aiohttp.ClientSession, st: State, minimum: tuple[int, int], what: str
+) -> None:
+    version = await ha_version(session, st)
+    if version_tuple(version)[:2] < minimum:
+        raise Fail(
+            f"{what} are not supported before Home Assistant "
+            f"{minimum[0]}.{minimum[1]} (this is {version})"
+        )
+
+
+async def admin_ws(session: aiohttp.ClientSession, st: State) -> WS:
+    return WS(session, st, st.read("admin.token"))
+
+
+async def ensure_named(ws: WS, kind: str, name_or_id: str) -> str:
+    """The <kind>_id of the area, label or floor with that id or name (in
+    HA's config/<kind>_registry); created when missing."""
+    key = f"{kind}_id"
+    entries = await ws.call(f"config/{kind}_registry/list")
+    for e in entries:
+        if e[key] == name_or_id:
+            return e[key]
+    for e in entries:
+        if e["name"].casefold() == name_or_id.casefold():
+            return e[key]
+    created = await ws.call(f"config/{kind}_registry/create", name=name_or_id)
+    log(f"created {kind} {name_or_id!r} ({created[key]})")
+    return created[key]
+
+
+async def ensure_area(ws: WS, name_or_id: str) -> str:
+    return await ensure_named(ws, "area", name_or_id)
+
+
+async def entity_entry(ws: WS, entity_id: str) -> dict:
+    try:
+        return await ws.call("config/entity_registry/get", entity_id=entity_id)
+    except Fail as err:
+        raise Fail(
+            f"{entity_id} is not in the entity registry (entities without a "
+            f"unique_id cannot get areas or labels): {err}"
+        ) from err
+
+
+async def cmd_version(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    print(await ha_version(session, st))
+
+
+async def cmd_area(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    async with await admin_ws(session, st) as ws:
+        area_id = await ensure_area(ws, args.name)
+        for entity_id in args.entity or []:
+            await entity_entry(ws, entity_id)
+            await ws.call("config/entity_registry/update", entity_id=entity_id, area_id=area_id)
+            log(f"{entity_id} -> area {area_id}")
+    print(area_id)
+
+
+async def cmd_label(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    await require_version(session, st, (2024, 4), "labels")
+    async with await admin_ws(session, st) as ws:
+        label_id = await ensure_named(ws, "label", args.name)
+        for entity_id in args.entity:
+            entry = await entity_entry(ws, entity_id)
+            current = list(entry.get("labels") or [])
+            if label_id not in current:
+                await ws.call(
+                    "config/entity_registry/update",
+                    entity_id=entity_id,
+                    labels=current + [label_id],
+                )
+            log(f"{entity_id} has label {label_id}")
+    print(label_id)
+
+
+async def cmd_floor(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    await require_version(session, st, (2024, 4), "floors")
+    async with await admin_ws(session, st) as ws:
+        floor_id = await ensure_named(ws, "floor", args.name)
+        area_id = await ensure_area(ws, args.area)
+        await ws.call("config/area_registry/update", area_id=area_id, floor_id=floor_id)
+        log(f"area {area_id} is on floor {floor_id}")
+    print(floor_id)
+
+
 COMMANDS = {
     "onboard": cmd_onboard,
     "check": cmd_check,
     "new-token": cmd_new_token,
     "revoke": cmd_revoke,
     "set-state": cmd_set_state,
+    "version": cmd_version,
+    "area": cmd_area,
+    "label": cmd_label,
+    "floor": cmd_floor,
 }
 
 
@@ -547,6 +660,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--entity", required=True)
     p.add_argument("--state", required=True)
     p.add_argument("--attributes", help="JSON object")
+    add("version", "print HA's version")
+    p = add("area", "create an area (unless it exists), assign entities to it")
+    p.add_argument("--name", required=True, help="area name (or an existing area_id)")
+    p.add_argument("--entity", action="append", help="entity to put in the area (repeatable)")
+    p = add("label", "create a label (HA 2024.4+) and add it to entities")
+    p.add_argument("--name", required=True)
+    p.add_argument("--entity", action="append", required=True, help="repeatable")
+    p = add("floor", "create a floor (HA 2024.4+) and put an area on it")
+    p.add_argument("--name", required=True)
+    p.add_argument("--area", required=True, help="area name or area_id (created if missing)")
     return parser.parse_args(argv)
 
 
