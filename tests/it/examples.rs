@@ -18,7 +18,9 @@ use crate::support::{Broker, FakeHa, Gateway, TestClient, PREFIX, TOKEN};
 const T: Duration = Duration::from_secs(10);
 
 /// Every example the docs promise; a deleted one fails the config test.
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 8] = [
+    "ha-automation-mqtt-trigger.toml",
+    "mqtt-eventstream.toml",
     "zigbee2mqtt-button.toml",
     "zigbee2mqtt-dimmer.toml",
     "tasmota.toml",
@@ -541,4 +543,40 @@ data.transition = 1
     let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
     assert!(status.success(), "exit {status:?} after SIGTERM; its log:\n{log}");
     assert!(ha.calls().is_empty(), "dry run sent {:?}", summary(&ha.calls()));
+}
+
+#[tokio::test]
+async fn an_ha_automation_moved_to_a_route_keeps_its_template_condition() {
+    let Some(mut rig) = rig("ex_automation", "ha-automation-mqtt-trigger.toml").await else { return };
+    let topic = "zigbee2mqtt/hall_button";
+    rig.device.publish(topic, r#"{"action":"double","battery":97}"#).await;
+    rig.device.publish(topic, r#"{"action":"single","battery":97}"#).await;
+    let calls = rig.calls(1).await;
+    assert_eq!(summary(&calls), [call("light.toggle", json!({"entity_id":"light.hall"}))]);
+    assert_eq!(rig.result("light.toggle").await["route"], "hall-button-automation");
+    assert_eq!(rig.gateway.metric("route_skipped_total"), 1.0, "the double press");
+    rig.gateway.stop().await;
+}
+
+#[tokio::test]
+async fn mqtt_eventstream_publishers_get_their_calls_run() {
+    let Some(mut rig) = rig("ex_eventstream", "mqtt-eventstream.toml").await else { return };
+    let topic = "homeassistant/eventstream";
+    rig.device.publish(topic, r#"{"event_type":"state_changed","event_data":{"entity_id":"light.hall"}}"#).await;
+    rig.device
+        .publish(
+            topic,
+            r#"{"event_type":"call_service","event_data":{"domain":"light","service":"turn_on","service_data":{"entity_id":"light.hall","brightness":90}}}"#,
+        )
+        .await;
+    let calls = rig.calls(1).await;
+    assert_eq!(summary(&calls), [call("light.turn_on", json!({"entity_id":"light.hall","brightness":90}))]);
+    assert_eq!(rig.result("light.turn_on").await["route"], "eventstream");
+    rig.device
+        .publish(topic, r#"{"event_type":"call_service","event_data":{"domain":"switch","service":"turn_on"}}"#)
+        .await;
+    let denied = rig.result("switch.turn_on").await;
+    assert_eq!((denied["ok"].clone(), denied["error"].clone()), (json!(false), json!("service_denied")), "{denied}");
+    assert_eq!(rig.ha.calls().len(), 1, "the denied call never reached HA");
+    rig.gateway.stop().await;
 }
