@@ -339,8 +339,8 @@ impl RouteTable {
 
     fn evaluate_one(&self, route: &Route, topic: &str, payload: &[u8]) -> RouteResult {
         let failed = |code: ErrorCode, detail: String| RouteResult::Failed { route: route.name.clone(), code, detail };
-        let ctx = match context(route, topic, payload, &self.limits) {
-            Ok(ctx) => ctx,
+        let (ctx, json) = match context(route, topic, payload, &self.limits) {
+            Ok(found) => found,
             Err((code, detail)) => return failed(code, detail),
         };
         if let Some(when) = &route.when {
@@ -352,15 +352,13 @@ impl RouteTable {
         }
         let (domain, service, mut entity) = match &route.target {
             Target::EventStream => {
-                return match eventstream_call(payload) {
-                    Ok(Some(call)) => {
-                        let call = ServiceCall { return_response: route.return_response, ..call };
-                        let flow_key = format!("{}|{}|{}", route.name, call.name(), call.entity_ids().join(","));
-                        RouteResult::Call { route: route.name.clone(), call, flow: route.flow, flow_key }
-                    }
+                // `context` parsed it: an eventstream route reads its payload as JSON.
+                let event = json.unwrap_or_default();
+                return match eventstream_call(&event) {
+                    Ok(Some(call)) => routed(route, call),
                     Ok(None) => RouteResult::Skipped { route: route.name.clone(), why: "event_type" },
                     Err(detail) => failed(ErrorCode::InvalidPayload, detail),
-                }
+                };
             }
             Target::Service { static_service: Some((d, s)), .. } => (d.clone(), s.clone(), None),
             Target::Service { service, static_service: None } => {
@@ -411,18 +409,23 @@ impl RouteTable {
         if let Some(e) = entity {
             data.insert("entity_id".into(), e);
         }
-        let call = ServiceCall { return_response: route.return_response, ..ServiceCall::new(domain, service, data) };
-        let flow_key = format!("{}|{}|{}", route.name, call.name(), call.entity_ids().join(","));
-        RouteResult::Call { route: route.name.clone(), call, flow: route.flow, flow_key }
+        routed(route, ServiceCall::new(domain, service, data))
     }
+}
+
+/// `call` as made by `route`: with the route's `return_response`, flow
+/// control and flow key.
+fn routed(route: &Route, call: ServiceCall) -> RouteResult {
+    let call = ServiceCall { return_response: route.return_response, ..call };
+    let flow_key = format!("{}|{}|{}", route.name, call.name(), call.entity_ids().join(","));
+    RouteResult::Call { route: route.name.clone(), call, flow: route.flow, flow_key }
 }
 
 /// An `mqtt_eventstream` message as the call it asks for: `None` for an
 /// event other than `call_service` (HA's eventstream publishes every event);
 /// `Err` when a `call_service` event does not name a service or its data is
-/// not an object. The payload was parsed (and limited) by [`context`].
-fn eventstream_call(payload: &[u8]) -> Result<Option<ServiceCall>, String> {
-    let event: Value = serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+/// not an object. `event` is the payload as [`context`] parsed (and limited) it.
+fn eventstream_call(event: &Value) -> Result<Option<ServiceCall>, String> {
     match event.get("event_type") {
         Some(Value::String(t)) if t == "call_service" => {}
         Some(Value::String(_)) => return Ok(None),
@@ -452,8 +455,14 @@ fn parse_service(s: &str) -> Result<(Slug, Slug), String> {
     }
 }
 
-/// Payload → template variables, per the route's format.
-fn context(route: &Route, topic: &str, payload: &[u8], limits: &Limits) -> Result<Jinja, (ErrorCode, String)> {
+/// Payload → template variables, per the route's format, and the parsed
+/// JSON they were made from (if the payload was read as JSON).
+fn context(
+    route: &Route,
+    topic: &str,
+    payload: &[u8],
+    limits: &Limits,
+) -> Result<(Jinja, Option<Value>), (ErrorCode, String)> {
     let text =
         std::str::from_utf8(payload).map_err(|_| (ErrorCode::InvalidPayload, "payload is not UTF-8".to_owned()))?;
     let json: Option<Value> = match route.format {
@@ -481,12 +490,12 @@ fn context(route: &Route, topic: &str, payload: &[u8], limits: &Limits) -> Resul
     let mut vars: Vec<(String, Jinja)> = vec![
         ("value".into(), value),
         ("topic".into(), TopicVar::value(topic)),
-        ("value_json".into(), json.map(|j| Jinja::from_serialize(&j)).unwrap_or(Jinja::UNDEFINED)),
+        ("value_json".into(), json.as_ref().map(Jinja::from_serialize).unwrap_or(Jinja::UNDEFINED)),
     ];
     for (name, level) in route.filter.captures(topic).unwrap_or_default() {
         vars.push((name, Jinja::from(level)));
     }
-    Ok(Jinja::from_iter(vars))
+    Ok((Jinja::from_iter(vars), json))
 }
 
 /// Without `map_key`: a JSON object's `action` (Zigbee2MQTT buttons), else the text.

@@ -49,10 +49,15 @@ impl Templates {
 
     /// Compiles `source` under a name that errors will show (`route "hall button" data.brightness`).
     pub fn add_named(&mut self, name: &str, source: &str) -> Result<Tmpl, String> {
+        self.insert(name, source.to_owned()).map_err(describe)
+    }
+
+    /// Compiles `source` under `name`, made unique (`name #3`) if taken.
+    fn insert(&mut self, name: &str, source: String) -> Result<Tmpl, minijinja::Error> {
         self.count += 1;
         let name =
             if self.env.get_template(name).is_ok() { format!("{name} #{}", self.count) } else { name.to_owned() };
-        self.env.add_template_owned(name.clone(), source.to_owned()).map_err(describe)?;
+        self.env.add_template_owned(name.clone(), source)?;
         Ok(Tmpl(name))
     }
 
@@ -68,14 +73,13 @@ impl Templates {
         const IF: &str = "{% if ";
         let (source, shift) =
             if is_template(when) { (when.to_owned(), 0) } else { (format!("{IF}{when} %}}1{{% endif %}}"), IF.len()) };
-        if let Some(hint) = home_assistant_only_names(&source) {
+        let tmpl = self.insert(name, source).map_err(|e| condition_error(&e, when, shift))?;
+        let used = self.env.get_template(&tmpl.0).map(|t| t.undeclared_variables(false)).unwrap_or_default();
+        if let Some(hint) = home_assistant_only_names(&used) {
+            self.env.remove_template(&tmpl.0);
             return Err(hint);
         }
-        self.count += 1;
-        let name =
-            if self.env.get_template(name).is_ok() { format!("{name} #{}", self.count) } else { name.to_owned() };
-        self.env.add_template_owned(name.clone(), source).map_err(|e| condition_error(&e, when, shift))?;
-        Ok(Tmpl(name))
+        Ok(tmpl)
     }
 
     pub fn render(&self, t: &Tmpl, ctx: &Jinja) -> Result<String, String> {
@@ -141,7 +145,7 @@ fn condition_error(e: &minijinja::Error, written: &str, shift: usize) -> String 
 
 /// Names Home Assistant's templates have and routes do not, with their
 /// counterpart here: `trigger.payload_json` is `value_json`, and so on.
-fn home_assistant_only_names(source: &str) -> Option<String> {
+fn home_assistant_only_names(used: &std::collections::HashSet<String>) -> Option<String> {
     const HA_ONLY: [(&str, &str); 6] = [
         ("trigger", "trigger.payload_json is value_json here, trigger.payload is value, trigger.topic is topic"),
         ("states", "a route sees the MQTT message only (value, value_json, topic); HA's states are not read"),
@@ -150,9 +154,6 @@ fn home_assistant_only_names(source: &str) -> Option<String> {
         ("this", "a route sees the MQTT message only (value, value_json, topic)"),
         ("now", "routes have no clock; use HA's own conditions in the script or automation the route calls"),
     ];
-    let mut env = Environment::new();
-    env.add_template("probe", source).ok()?;
-    let used = env.get_template("probe").ok()?.undeclared_variables(false);
     let (name, fix) = HA_ONLY.iter().find(|(name, _)| used.contains(*name))?;
     Some(format!("{name} is a Home Assistant template name routes do not have: {fix}"))
 }
