@@ -66,7 +66,7 @@ FROM ${RUNTIME_IMAGE}
 #   docker build --build-arg REVISION="$(git rev-parse HEAD)" \
 #     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
 ARG RUNTIME_IMAGE
-ARG VERSION=0.7.0
+ARG VERSION=0.8.0
 ARG REVISION=unknown
 ARG CREATED=unknown
 
