@@ -10,6 +10,10 @@
 //! Run with `cargo bench --bench throughput` (`BENCH_ONLY=hostile` for one
 //! step); results are printed, never asserted. Bounded: at most 20 000
 //! commands or entities (100 000 messages per hostile step), 120 s per step.
+//!
+//! (1) and (2) share one process and one runtime with the load and the fake
+//! HA: use them to profile, not to compare. The comparison with the
+//! ceiling, every system in a process of its own, is `benches/ceiling.rs`.
 
 use std::time::Duration;
 
@@ -23,9 +27,8 @@ mod support;
 
 use support::{setup, PREFIX};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+mod common;
+use common::{cpu_seconds, percentile, rss_kib};
 
 async fn throughput(n: usize) {
     let Some(mut env) = setup(
@@ -87,87 +90,6 @@ async fn latency(n: usize, per_second: u64) {
         latencies.last().unwrap().as_secs_f64() * 1e3
     );
     env.gateway.stop().await;
-}
-
-/// The ceiling for this machine: a minimal loop from rumqttc straight to
-/// reqwest (auto-acks, no queue, no checks, no results), 16 calls in flight
-/// like the gateway's `concurrency = 16` above. Returns commands/s.
-async fn direct_loop(n: usize, per_second: Option<u64>) -> (f64, Option<(f64, f64)>) {
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    let Some(broker) = support::Broker::start("bench-direct") else { return (0.0, None) };
-    let ha = support::FakeHa::start(support::TOKEN).await;
-    let mut opts = rumqttc::v5::MqttOptions::new("direct-loop", "127.0.0.1", broker.port);
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    opts.set_network_options(net);
-    opts.set_request_channel_capacity(1000);
-    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 1000);
-    client.subscribe("direct/#", QoS::AtLeastOnce).await.unwrap();
-    let http = reqwest::Client::new();
-    let url = format!("{}/api/services/light/turn_on", ha.url());
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut subscribed_tx = Some(subscribed_tx);
-        while let Ok(event) = eventloop.poll().await {
-            match event {
-                rumqttc::v5::Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(tx) = subscribed_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                rumqttc::v5::Event::Incoming(Packet::Publish(p)) => {
-                    let permit = std::sync::Arc::clone(&limit).acquire_owned().await.unwrap();
-                    let (http, url) = (http.clone(), url.clone());
-                    tokio::spawn(async move {
-                        let _ = http
-                            .post(url)
-                            .bearer_auth(support::TOKEN)
-                            .body(p.payload.to_vec())
-                            .header("content-type", "application/json")
-                            .send()
-                            .await;
-                        drop(permit);
-                    });
-                }
-                _ => {}
-            }
-        }
-    });
-    subscribed_rx.await.unwrap();
-    let publisher = support::TestClient::connect(broker.port, "direct-publisher", &[]).await;
-    let start = Instant::now();
-    let mut sent = Vec::with_capacity(n);
-    let mut tick = per_second.map(|r| tokio::time::interval(Duration::from_nanos(1_000_000_000 / r)));
-    for i in 0..n {
-        if let Some(t) = tick.as_mut() {
-            t.tick().await;
-        }
-        sent.push(Instant::now());
-        let body = json!({"entity_id": format!("light.l{}", i % 200), "n": i}).to_string();
-        publisher.publish(&format!("direct/{}", i % 200), body).await;
-    }
-    let calls = ha.wait_calls(Duration::from_secs(60), "the direct loop", |c| c.len() >= n).await;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let latency = per_second.map(|_| {
-        let mut l: Vec<Duration> = calls.iter().map(|c| c.at - sent[c.body["n"].as_u64().unwrap() as usize]).collect();
-        l.sort();
-        (percentile(&l, 0.5).as_secs_f64() * 1e3, percentile(&l, 0.99).as_secs_f64() * 1e3)
-    });
-    (rate, latency)
-}
-
-/// Resident set size and its peak of a process, in KiB, from /proc (Linux).
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Starts `mqtt-ha-gateway run` (rate limit off, 16 calls in flight, metrics
@@ -445,24 +367,12 @@ fn route_matching(routes: usize, messages: usize) {
     println!("routes: {routes} routes, {messages} messages: {per:.1} µs per message matched and rendered, {per_miss:.2} µs per unmatched topic");
 }
 
-/// User + system CPU time of a process (`"self"` or a pid), from /proc
-/// (Linux); 0 elsewhere.
-fn cpu_seconds(process: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{process}/stat")) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
 fn main() {
     // `cargo test --all-targets` runs benches in test mode with `--bench`
     // absent: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
     let (n, m, entities, devices) = if quick { (200, 100, 100, 1_000) } else { (20_000, 2_000, 10_000, 100_000) };
-    // BENCH_ONLY=hostile (a comma-separated list of routes, direct,
+    // BENCH_ONLY=hostile (a comma-separated list of routes,
     // throughput, latency, process, hostile) runs only those steps.
     let only = std::env::var("BENCH_ONLY").ok();
     let run = |step: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == step));
@@ -471,13 +381,6 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        if run("direct") {
-            let (ceiling, _) = direct_loop(n, None).await;
-            println!("direct loop (ceiling): {n} QoS 1 messages → HTTP calls at {ceiling:.0}/s");
-            if let (_, Some((p50, p99))) = direct_loop(m, Some(200)).await {
-                println!("direct loop latency publish→HA at 200/s: p50 {p50:.2} ms, p99 {p99:.2} ms");
-            }
-        }
         if run("throughput") {
             throughput(n).await;
         }

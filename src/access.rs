@@ -45,6 +45,9 @@ pub const SENSITIVE_DOMAINS: &[&str] = &[
 /// `allow_targets` may allow.
 pub const TARGET_KINDS: &[&str] = &["area_id", "device_id", "floor_id", "label_id", "target", "all", "comma_list"];
 
+/// The keys of a call's data that target something other than entity ids.
+const TARGET_KEYS: &[&str] = &["area_id", "device_id", "floor_id", "label_id", "target"];
+
 /// `domain.service` patterns, remembering which name their domain literally.
 #[derive(Debug, Clone)]
 struct ServicePatterns {
@@ -65,11 +68,10 @@ impl ServicePatterns {
 
     fn allows(&self, call: &ServiceCall) -> bool {
         let domain = call.domain.as_str();
-        let sensitive = SENSITIVE_DOMAINS.contains(&domain);
-        self.set
-            .matches(call.name())
-            .into_iter()
-            .any(|i| !sensitive || self.literal_domain[i].as_deref() == Some(domain))
+        if !SENSITIVE_DOMAINS.contains(&domain) {
+            return self.set.is_match(call.name());
+        }
+        self.set.matches(call.name()).into_iter().any(|i| self.literal_domain[i].as_deref() == Some(domain))
     }
 }
 
@@ -168,15 +170,18 @@ impl AccessPolicy {
         self.check_targets(call)?;
         let ids = call.entity_ids();
         let mut entities = Vec::with_capacity(ids.len());
-        for id in &ids {
-            if matches!(*id, "all" | "none") {
+        for id in ids {
+            if matches!(id, "all" | "none") {
                 // Allowed by check_targets; never under an entity restriction.
                 if self.entities.is_some() {
                     return Err(ErrorCode::EntityDenied);
                 }
                 continue;
             }
-            entities.push(EntityId::parse(id).ok_or(ErrorCode::EntityDenied)?.to_string());
+            if !EntityId::is_valid(id) {
+                return Err(ErrorCode::EntityDenied);
+            }
+            entities.push(id);
         }
         allowed_entities(self.entities.as_ref(), &entities)?;
         for rule in self.rules.iter().filter(|r| r.filter.captures(topic).is_some()) {
@@ -190,7 +195,8 @@ impl AccessPolicy {
 
     /// Reading one entity's state (the get topic).
     pub fn authorize_read(&self, entity: &EntityId, topic: &str) -> Result<(), ErrorCode> {
-        let entities = [entity.to_string()];
+        let id = entity.to_string();
+        let entities = [id.as_str()];
         allowed_entities(self.entities.as_ref(), &entities)?;
         for rule in self.rules.iter().filter(|r| r.filter.captures(topic).is_some()) {
             allowed_entities(rule.entities.as_ref(), &entities)?;
@@ -200,8 +206,9 @@ impl AccessPolicy {
 
     fn check_targets(&self, call: &ServiceCall) -> Result<(), ErrorCode> {
         let allowed = |kind: &str| self.targets.iter().any(|t| t == kind);
-        for kind in ["area_id", "device_id", "floor_id", "label_id", "target"] {
-            if call.data.contains_key(kind) && !allowed(kind) {
+        // One pass over the call's few keys, not a lookup per target kind.
+        for key in call.data.keys() {
+            if TARGET_KEYS.contains(&key.as_str()) && !allowed(key) {
                 return Err(ErrorCode::TargetDenied);
             }
         }
@@ -237,7 +244,7 @@ impl AccessPolicy {
 
 /// Every entity must match; with a restriction, a call naming none is refused
 /// (it would act on whatever the service does by default).
-fn allowed_entities(globs: Option<&GlobSet>, entities: &[String]) -> Result<(), ErrorCode> {
+fn allowed_entities(globs: Option<&GlobSet>, entities: &[&str]) -> Result<(), ErrorCode> {
     let Some(globs) = globs else { return Ok(()) };
     if entities.is_empty() || !entities.iter().all(|e| globs.is_match(e)) {
         return Err(ErrorCode::EntityDenied);

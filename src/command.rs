@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use crate::state_json::RawState;
 use crate::topic::{EntityId, Slug};
 
 /// A Home Assistant service call: `POST /api/services/<domain>/<service>`
@@ -271,8 +272,9 @@ impl fmt::Display for ErrorCode {
 pub struct Outcome {
     /// HTTP status of the last HA answer, if HA answered.
     pub status: Option<u16>,
-    /// The states HA returned as changed by the call (full state objects).
-    pub changed: Vec<Value>,
+    /// The states HA returned as changed by the call (full state objects,
+    /// as HA's text).
+    pub changed: Vec<RawState>,
     pub error: Option<ErrorCode>,
     /// A human-readable detail for the log (never the token, never a body
     /// larger than a line).
@@ -285,7 +287,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn done(status: u16, changed: Vec<Value>) -> Self {
+    pub fn done(status: u16, changed: Vec<RawState>) -> Self {
         Self { status: Some(status), changed, error: None, detail: None, attempts: 0, response: None }
     }
 

@@ -16,7 +16,7 @@
 //! - [`metrics`], [`http`]: Prometheus metrics and health endpoints.
 //! - [`reload`]: SIGHUP / file change → new access rules and routes.
 //! - [`supervise`]: named stage tasks; one ending before shutdown is fatal.
-//! - [`secret`], [`bounds`], [`backoff`]: leaves every stage may use.
+//! - [`secret`], [`bounds`], [`backoff`], [`state_json`]: leaves every stage may use.
 //! - [`app`]: wiring and shutdown; the only module that knows all others.
 //! - [`backoff`], [`bounds`]: pure helpers (jittered backoff; limits every stage agrees on).
 #![forbid(unsafe_code)]
@@ -42,6 +42,7 @@ pub mod reload;
 pub mod routes;
 pub(crate) mod secret;
 pub(crate) mod slots;
+pub mod state_json;
 pub mod supervise;
 pub mod topic;
 pub mod translate;

@@ -24,6 +24,7 @@ use crate::bounds::MAX_RESULT_BYTES;
 use crate::command::ErrorCode;
 use crate::metrics::Metrics;
 use crate::mirror::StateOut;
+use crate::state_json::RawState;
 use crate::topic::TopicPrefix;
 
 pub use crate::command::Report;
@@ -139,41 +140,80 @@ pub fn dead_letter_bytes(mut v: Value, max: usize) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
+/// The result payload of the contract, in its documented key order,
+/// borrowed from the report: serialised without an intermediate JSON tree.
+#[derive(Debug, serde::Serialize)]
+pub struct ResultPayload<'a> {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    changed: ChangedIds<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    /// Said in words for some errors: what the sender can change (the HA
+    /// version, the limit). Other details stay in the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dry_run: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated: Option<bool>,
+}
+
+/// The entity ids of the states a call changed, the first `count` of them.
+#[derive(Debug)]
+struct ChangedIds<'a> {
+    states: &'a [RawState],
+    count: usize,
+}
+
+impl ChangedIds<'_> {
+    fn ids(&self) -> impl Iterator<Item = &str> {
+        self.states.iter().filter_map(RawState::entity_id).take(self.count)
+    }
+}
+
+impl serde::Serialize for ChangedIds<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.ids())
+    }
+}
+
 /// The result payload of the contract.
-pub fn result_payload(report: &Report) -> Value {
+pub fn result_payload(report: &Report) -> ResultPayload<'_> {
     let o = &report.outcome;
-    let changed: Vec<Value> = o.changed.iter().filter_map(|s| s.get("entity_id").cloned()).collect();
-    let mut m = Map::new();
-    m.insert("ok".into(), json!(o.ok()));
-    if let Some(status) = o.status {
-        m.insert("status".into(), json!(status));
+    let message = match (o.error, &o.detail) {
+        (Some(ErrorCode::ResponseUnsupported | ErrorCode::ResponseTooLarge), Some(detail)) => Some(detail.as_str()),
+        _ => None,
+    };
+    ResultPayload {
+        ok: o.ok(),
+        status: o.status,
+        changed: ChangedIds { states: &o.changed, count: usize::MAX },
+        error: o.error.map(ErrorCode::as_str),
+        message,
+        correlation: report.reply.correlation.as_ref(),
+        topic: if report.service.is_none() { report.topic.as_deref() } else { None },
+        route: report.route.as_deref(),
+        dry_run: report.call.is_some().then_some(true),
+        call: report.call.as_ref(),
+        response: o.response.as_ref(),
+        truncated: None,
     }
-    m.insert("changed".into(), Value::Array(changed));
-    if let Some(code) = o.error {
-        m.insert("error".into(), json!(code.as_str()));
-        // Said in words for these: what the sender can change (the HA
-        // version, the limit). Other details stay in the log.
-        if let (ErrorCode::ResponseUnsupported | ErrorCode::ResponseTooLarge, Some(detail)) = (code, &o.detail) {
-            m.insert("message".into(), json!(detail));
-        }
-    }
-    if let Some(c) = &report.reply.correlation {
-        m.insert("correlation".into(), c.clone());
-    }
-    if let (None, Some(topic)) = (&report.service, &report.topic) {
-        m.insert("topic".into(), json!(topic));
-    }
-    if let Some(route) = &report.route {
-        m.insert("route".into(), json!(route.as_ref()));
-    }
-    if let Some(call) = &report.call {
-        m.insert("dry_run".into(), json!(true));
-        m.insert("call".into(), call.clone());
-    }
-    if let Some(response) = &o.response {
-        m.insert("response".into(), response.clone());
-    }
-    Value::Object(m)
+}
+
+fn to_bytes(payload: &ResultPayload<'_>) -> Vec<u8> {
+    serde_json::to_vec(payload).expect("a result always serialises")
 }
 
 /// A result with a service response larger than `max` bytes goes out
@@ -183,7 +223,7 @@ pub fn fit_response(report: &mut Report, max: usize) {
     if report.outcome.response.is_none() {
         return;
     }
-    let size = result_payload(report).to_string().len();
+    let size = to_bytes(&result_payload(report)).len();
     if size <= max {
         return;
     }
@@ -199,23 +239,35 @@ pub fn fit_response(report: &mut Report, max: usize) {
 /// `changed` list keeps its first ids, a dry run's `call` goes, and
 /// `"truncated": true` says so.
 pub fn result_bytes(report: &Report, max: usize) -> Vec<u8> {
-    let mut v = result_payload(report);
-    let bytes = v.to_string().into_bytes();
+    let mut payload = result_payload(report);
+    let bytes = to_bytes(&payload);
     if bytes.len() <= max {
         return bytes;
     }
-    let m = v.as_object_mut().expect("a result is an object");
-    m.remove("call");
-    m.insert("truncated".into(), json!(true));
-    let mut size = Value::Object(m.clone()).to_string().len();
-    if let Some(Value::Array(changed)) = m.get_mut("changed") {
-        // Each id costs its JSON and a comma.
-        while size > max {
-            let Some(id) = changed.pop() else { break };
-            size -= id.to_string().len() + usize::from(!changed.is_empty());
+    payload.call = None;
+    payload.truncated = Some(true);
+    let mut size = to_bytes(&payload).len();
+    // Each id costs its JSON and a comma.
+    let mut lengths: Vec<usize> =
+        payload.changed.ids().map(|id| serde_json::to_vec(id).map_or(0, |b| b.len())).collect();
+    while size > max {
+        let Some(len) = lengths.pop() else { break };
+        size -= len + usize::from(!lengths.is_empty());
+    }
+    payload.changed.count = lengths.len();
+    to_bytes(&payload)
+}
+
+/// `domain.service` of a report, for logs; empty for an invalid topic.
+struct ServiceName<'a>(&'a Report);
+
+impl std::fmt::Display for ServiceName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0.service {
+            Some((domain, service)) => write!(f, "{domain}.{service}"),
+            None => Ok(()),
         }
     }
-    v.to_string().into_bytes()
 }
 
 pub struct Publisher {
@@ -269,12 +321,13 @@ impl Publisher {
             }
             _ => {}
         }
-        match (report.get, report.outcome.changed.first()) {
-            (true, Some(state)) if report.outcome.ok() => {
+        let got = report.get.then(|| report.outcome.changed.first().and_then(RawState::parse)).flatten();
+        match got {
+            Some(state) if report.outcome.ok() => {
                 // A get answers with the state itself, published even if unchanged.
-                self.states.touched(state, true).await;
+                self.states.touched(&state, true).await;
                 if let Some(topic) = &report.reply.response_topic {
-                    let payload = self.states.payload(state);
+                    let payload = self.states.payload(&state);
                     self.publish(topic.clone(), false, payload, Some(self.reply_properties(&report))).await;
                 }
             }
@@ -288,7 +341,13 @@ impl Publisher {
                     }
                 }
                 for state in &report.outcome.changed {
-                    self.states.touched(state, false).await;
+                    // Parsed only when it will be published (usually not:
+                    // the entity is not mirrored, or its event came first).
+                    if self.states.wants_touched(&state.head()).await {
+                        if let Some(state) = state.parse() {
+                            self.states.touched(&state, false).await;
+                        }
+                    }
                 }
             }
         }
@@ -323,11 +382,12 @@ impl Publisher {
 
     fn log(&mut self, report: &Report) {
         let o = &report.outcome;
-        let service = report.service.as_ref().map(|(d, s)| format!("{d}.{s}")).unwrap_or_default();
         let Some(code) = o.error else {
-            tracing::debug!(service, seq = report.seq, status = o.status, "command done");
+            // Formatted only when debug logging is on: this runs for every command.
+            tracing::debug!(service = %ServiceName(report), seq = report.seq, status = o.status, "command done");
             return;
         };
+        let service = ServiceName(report).to_string();
         tracing::debug!(service, seq = report.seq, error = %code, detail = o.detail.as_deref(), "command not done");
         if code == ErrorCode::ShuttingDown {
             return;
@@ -350,6 +410,10 @@ mod tests {
     use super::*;
     use crate::command::{Outcome, ReplyTo};
     use crate::topic::Slug;
+
+    fn result_json(report: &Report) -> Value {
+        serde_json::to_value(result_payload(report)).unwrap()
+    }
 
     fn report(outcome: Outcome, correlation: Option<Value>) -> Report {
         Report {
@@ -392,21 +456,24 @@ mod tests {
 
     #[test]
     fn result_payloads_follow_the_contract() {
-        let done = report(Outcome::done(200, vec![json!({"entity_id":"light.a","state":"on"})]), Some(json!("c-1")));
-        assert_eq!(result_payload(&done), json!({"ok":true,"status":200,"changed":["light.a"],"correlation":"c-1"}));
+        let done = report(
+            Outcome::done(200, vec![RawState::from_value(&json!({"entity_id":"light.a","state":"on"}))]),
+            Some(json!("c-1")),
+        );
+        assert_eq!(result_json(&done), json!({"ok":true,"status":200,"changed":["light.a"],"correlation":"c-1"}));
         let denied = report(Outcome::failed(ErrorCode::ServiceDenied, None, None), None);
-        assert_eq!(result_payload(&denied), json!({"ok":false,"changed":[],"error":"service_denied"}));
+        assert_eq!(result_json(&denied), json!({"ok":false,"changed":[],"error":"service_denied"}));
         let mut invalid = report(Outcome::failed(ErrorCode::InvalidTopic, None, None), None);
         invalid.service = None;
         invalid.topic = Some("ha-gateway/call/Light/x".into());
         assert_eq!(
-            result_payload(&invalid),
+            result_json(&invalid),
             json!({"ok":false,"changed":[],"error":"invalid_topic","topic":"ha-gateway/call/Light/x"})
         );
     }
 
     fn responded(response: Value, changed: &[&str]) -> Report {
-        let changed = changed.iter().map(|id| json!({"entity_id": id, "state": "on"})).collect();
+        let changed = changed.iter().map(|id| RawState::from_value(&json!({"entity_id": id, "state": "on"}))).collect();
         report(Outcome { response: Some(response), ..Outcome::done(200, changed) }, Some(json!(4)))
     }
 
@@ -432,12 +499,12 @@ mod tests {
         for (response, max, expected) in table {
             let mut r = responded(response, &["light.a"]);
             fit_response(&mut r, max);
-            let mut got = result_payload(&r);
+            let mut got = result_json(&r);
             if let Some(message) = got.as_object_mut().unwrap().remove("message") {
                 assert!(message.as_str().unwrap().contains("limits.max_result_bytes is 1024"), "{message}");
             }
             assert_eq!(got, expected, "limit {max}");
-            assert!(result_payload(&r).to_string().len() <= max.max(expected.to_string().len()));
+            assert!(result_json(&r).to_string().len() <= max.max(expected.to_string().len()));
         }
         let mut plain = report(Outcome::done(200, vec![]), None);
         fit_response(&mut plain, 1024);
@@ -449,9 +516,12 @@ mod tests {
     fn results_never_exceed_the_packet_cap() {
         let ids: Vec<String> = (0..100_000).map(|i| format!("light.lamp_number_{i:06}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let mut r = report(Outcome::done(200, refs.iter().map(|id| json!({"entity_id": id})).collect()), None);
+        let mut r = report(
+            Outcome::done(200, refs.iter().map(|id| RawState::from_value(&json!({"entity_id": id}))).collect()),
+            None,
+        );
         r.call = Some(json!({"service": "light.turn_on", "data": {"x": "y".repeat(MAX_RESULT_BYTES)}}));
-        let whole = result_payload(&r).to_string().len();
+        let whole = result_json(&r).to_string().len();
         assert!(whole > MAX_RESULT_BYTES, "the test makes a result over the cap ({whole})");
         let bytes = result_bytes(&r, MAX_RESULT_BYTES);
         assert!(bytes.len() <= MAX_RESULT_BYTES, "{} bytes", bytes.len());
@@ -461,8 +531,8 @@ mod tests {
         assert!(!kept.is_empty() && kept.len() < ids.len(), "{} ids kept", kept.len());
         assert_eq!(kept[0], json!("light.lamp_number_000000"), "the first ids are kept");
         assert!(v.get("call").is_none());
-        let small = report(Outcome::done(200, vec![json!({"entity_id": "light.a"})]), None);
-        assert_eq!(result_bytes(&small, MAX_RESULT_BYTES), result_payload(&small).to_string().into_bytes());
+        let small = report(Outcome::done(200, vec![RawState::from_value(&json!({"entity_id": "light.a"}))]), None);
+        assert_eq!(result_bytes(&small, MAX_RESULT_BYTES), result_json(&small).to_string().into_bytes());
     }
 
     /// A payload of control characters escapes to six times its size: the

@@ -28,6 +28,7 @@ pub use version::HaVersion;
 use crate::backoff::Backoff;
 use crate::command::{Action, ServiceCall};
 use crate::secret::SecretSource;
+use crate::state_json::RawState;
 
 /// Largest successful answer read. `GET /api/states` of a home with 10 000+
 /// entities is several MiB, and a service call that touches every entity
@@ -59,8 +60,8 @@ pub struct HaConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallResponse {
     pub status: u16,
-    /// The states HA reports as changed by the call.
-    pub changed: Vec<Value>,
+    /// The states HA reports as changed by the call, as HA sent them.
+    pub changed: Vec<RawState>,
     /// `service_response`, when asked for with `?return_response` and HA
     /// returned it (HA before 2024.8 ignores the query and returns none).
     pub response: Option<Value>,
@@ -135,10 +136,7 @@ impl HaClient {
             Err(e) if e.status == Some(400) => return Err(self.unless_starting(e).await),
             other => other?,
         };
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(body) => call_response(status, body),
-            Err(_) => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not JSON")),
-        }
+        call_response(status, &body)
     }
 
     /// One attempt of an action: a service call (asking for the response
@@ -149,7 +147,7 @@ impl HaClient {
             Action::Call(call) => self.call_service(call, return_response).await,
             Action::Get(entity) => {
                 let (status, state) = self.get_json(&format!("api/states/{entity}")).await?;
-                Ok(CallResponse { status, changed: vec![state], response: None })
+                Ok(CallResponse { status, changed: vec![RawState::from_value(&state)], response: None })
             }
         }
     }
@@ -290,16 +288,30 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Result<(
 }
 
 /// A service call's answer: a list of changed states (HA before 2024.8, or
-/// not asked), or `{"changed_states": […], "service_response": …}`.
-pub fn call_response(status: u16, body: Value) -> Result<CallResponse, HaError> {
-    match body {
-        Value::Array(changed) => Ok(CallResponse { status, changed, response: None }),
-        Value::Object(mut m) => match m.remove("changed_states") {
-            Some(Value::Array(changed)) => Ok(CallResponse { status, changed, response: m.remove("service_response") }),
-            _ => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not a list of states")),
-        },
-        _ => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "response is not a list of states")),
+/// not asked), or `{"changed_states": […], "service_response": …}`. The
+/// states are kept as HA's text (see [`RawState`]).
+pub fn call_response(status: u16, body: &[u8]) -> Result<CallResponse, HaError> {
+    #[derive(serde::Deserialize)]
+    struct WithResponse {
+        changed_states: Vec<Box<serde_json::value::RawValue>>,
+        #[serde(default)]
+        service_response: Option<Value>,
     }
+    let parsed = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => crate::state_json::list(body).map(|changed| CallResponse { status, changed, response: None }),
+        _ => serde_json::from_slice::<WithResponse>(body).map(|w| CallResponse {
+            status,
+            changed: w.changed_states.into_iter().map(RawState::new).collect(),
+            response: w.service_response,
+        }),
+    };
+    parsed.map_err(|_| {
+        let message = match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => "response is not a list of states",
+            Err(_) => "response is not JSON",
+        };
+        HaError::new(HaErrorKind::InvalidResponse, Some(status), message)
+    })
 }
 
 /// `api/services/<domain>/<service>`, relative to the base URL: both parts

@@ -132,11 +132,14 @@ fn call_answers_with_and_without_a_response() {
         (json!("ok"), None),
     ];
     for (body, expected) in table {
-        let got = call_response(200, body.clone()).ok().map(|r| {
-            let ids: Vec<&str> = r.changed.iter().map(|s| s["entity_id"].as_str().unwrap()).collect();
-            (ids.into_iter().map(str::to_owned).collect::<Vec<_>>(), r.response)
+        let got = call_response(200, body.to_string().as_bytes()).ok().map(|r| {
+            let ids: Vec<String> = r.changed.iter().map(|s| s.entity_id().unwrap().to_owned()).collect();
+            (ids, r.response)
         });
         let expected = expected.map(|(ids, r)| (ids.into_iter().map(str::to_owned).collect::<Vec<_>>(), r));
         assert_eq!(got, expected, "{body}");
+    }
+    for (body, message) in [("[1,", "response is not JSON"), ("5", "response is not a list of states")] {
+        assert_eq!(call_response(200, body.as_bytes()).unwrap_err().message, message, "{body}");
     }
 }

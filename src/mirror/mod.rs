@@ -157,7 +157,14 @@ impl Mirror {
                         for msg in ws::parse(&text) {
                             match msg {
                                 Incoming::StateChanged { id: SUBSCRIPTION, entity_id, new_state } => match new_state {
-                                    Some(state) => { self.out.update(&state).await; }
+                                    Some(raw) => {
+                                        // Parsed only when it may be published.
+                                        if self.out.wants(&raw.head()).await {
+                                            if let Some(state) = raw.parse() {
+                                                self.out.update(&state).await;
+                                            }
+                                        }
+                                    }
                                     None => self.out.removed(&entity_id).await,
                                 },
                                 Incoming::Pong { .. } => awaiting_pong = false,

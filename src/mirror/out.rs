@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 
 use super::StateFilter;
 use crate::metrics::Metrics;
+use crate::state_json::StateHead;
 use crate::topic::{EntityId, TopicPrefix};
 
 /// How states are shaped (`[state]` options).
@@ -42,35 +43,49 @@ pub struct StateMessages {
     pub attribute_names: Vec<String>,
 }
 
+/// The state topic's payload, in the documented key order, borrowed from
+/// HA's state object: nothing is copied into an intermediate JSON tree.
+#[derive(serde::Serialize)]
+struct StatePayload<'a> {
+    state: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attributes: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_changed: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_updated: Option<&'a Value>,
+    /// HA 2024.4 and newer; older releases have no such key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_reported: Option<&'a Value>,
+}
+
+const NULL: &Value = &Value::Null;
+
 /// Pure: builds the messages for `state` (an object with `entity_id`).
 pub fn state_messages(prefix: &TopicPrefix, options: StateOptions, state: &Value) -> Option<StateMessages> {
     let entity = EntityId::parse(state.get("entity_id")?.as_str()?)?;
-    let attributes = state.get("attributes").and_then(Value::as_object).cloned().unwrap_or_default();
-    let mut main = Map::new();
-    main.insert("state".into(), state.get("state").cloned().unwrap_or(Value::Null));
-    if options.attributes {
-        main.insert("attributes".into(), Value::Object(attributes.clone()));
-    }
-    if options.timestamps {
-        for key in ["last_changed", "last_updated"] {
-            main.insert(key.into(), state.get(key).cloned().unwrap_or(Value::Null));
-        }
-        // HA 2024.4 and newer; older releases have no such key.
-        if let Some(reported) = state.get("last_reported") {
-            main.insert("last_reported".into(), reported.clone());
-        }
-    }
+    let empty = Map::new();
+    let attributes = state.get("attributes").and_then(Value::as_object).unwrap_or(&empty);
+    let timestamp = |key: &str| options.timestamps.then(|| state.get(key).unwrap_or(NULL));
+    let payload = StatePayload {
+        state: state.get("state").unwrap_or(NULL),
+        attributes: options.attributes.then_some(attributes),
+        last_changed: timestamp("last_changed"),
+        last_updated: timestamp("last_updated"),
+        last_reported: if options.timestamps { state.get("last_reported") } else { None },
+    };
     let topic = prefix.state(&entity);
-    let mut messages = vec![(topic.clone(), Value::Object(main).to_string().into_bytes())];
+    let main = serde_json::to_vec(&payload).expect("a JSON value always serialises");
+    let mut messages = vec![(topic.clone(), main)];
     let mut attribute_names = Vec::new();
     if options.attribute_topics {
-        for (name, value) in &attributes {
+        for (name, value) in attributes {
             if name.is_empty() || name.contains(['/', '+', '#', '\0']) {
                 continue;
             }
             let payload = match value {
                 Value::String(s) => s.clone().into_bytes(),
-                other => other.to_string().into_bytes(),
+                other => serde_json::to_vec(other).expect("a JSON value always serialises"),
             };
             messages.push((format!("{topic}/{name}"), payload));
             attribute_names.push(name.clone());
@@ -168,36 +183,84 @@ impl StateOut {
         self.publish(state, false, false).await
     }
 
-    async fn publish(&self, state: &Value, touched: bool, force: bool) -> Published {
-        let Some(msgs) = state_messages(&self.prefix, self.options, state) else { return Published::Ignored };
-        let id = msgs.entity.to_string();
-        self.export(&id, Some(state));
-        if self.filter.excluded(&id) {
-            return Published::Ignored;
+    /// Whether a live state of `head`'s entity, updated at `head`'s
+    /// `last_updated`, may be published or exported: when not, the mirror
+    /// does not even parse it.
+    pub async fn wants(&self, head: &StateHead<'_>) -> bool {
+        self.needs(head, false).await
+    }
+
+    /// Whether the state a call returned (`touched`) is needed: the
+    /// publisher parses only those.
+    pub async fn wants_touched(&self, head: &StateHead<'_>) -> bool {
+        self.needs(head, true).await
+    }
+
+    async fn needs(&self, head: &StateHead<'_>, touched: bool) -> bool {
+        let Some(id) = head.entity_id else { return false };
+        if self.is_exported(id) {
+            return true;
         }
+        let known = self.known.lock().await;
+        self.decided(&known, id, head.last_updated, touched, false).is_none()
+    }
+
+    fn is_exported(&self, id: &str) -> bool {
+        self.exported.lock().expect("exported lock is never poisoned: no panics under it").contains_key(id)
+    }
+
+    /// What becomes of a state of `id` updated at `last_updated`, when the
+    /// two are enough to say; `None`: build its messages and compare.
+    fn decided(
+        &self,
+        known: &HashMap<String, Known>,
+        id: &str,
+        last_updated: Option<&str>,
+        touched: bool,
+        force: bool,
+    ) -> Option<Published> {
+        if self.filter.excluded(id) {
+            return Some(Published::Ignored);
+        }
+        match (known.get(id), last_updated) {
+            (None, _) if !touched && !self.filter.included(id) => Some(Published::Ignored),
+            (Some(k), Some(new)) => match k.last_updated.as_deref() {
+                Some(old) if new < old => Some(Published::Stale),
+                // HA gives a state a new `last_updated` whenever it or an
+                // attribute changes: the same one is the same state.
+                Some(old) if new == old && k.hash != 0 && !force => Some(Published::Unchanged),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    async fn publish(&self, state: &Value, touched: bool, force: bool) -> Published {
+        let Some(id) = state.get("entity_id").and_then(Value::as_str).filter(|id| EntityId::parse(id).is_some()) else {
+            return Published::Ignored;
+        };
+        self.export(id, Some(state));
+        let last_updated = state.get("last_updated").and_then(Value::as_str);
         let mut known = self.known.lock().await;
+        // Decided before the messages are built, when the entity and
+        // `last_updated` are enough.
+        if let Some(published) = self.decided(&known, id, last_updated, touched, force) {
+            return published;
+        }
+        let Some(msgs) = state_messages(&self.prefix, self.options, state) else { return Published::Ignored };
         let h = hash(&msgs.messages);
-        let stale_attributes = match known.get(&id) {
-            None if !touched && !self.filter.included(&id) => return Published::Ignored,
+        let stale_attributes = match known.get(id) {
             None => Vec::new(),
-            Some(k) => {
-                if let (Some(old), Some(new)) = (&k.last_updated, &msgs.last_updated) {
-                    if new.as_str() < old.as_ref() {
-                        return Published::Stale;
-                    }
-                }
-                if k.hash == h && !force {
-                    return Published::Unchanged;
-                }
-                k.attributes
-                    .iter()
-                    .filter(|a| !msgs.attribute_names.iter().any(|n| n.as_str() == a.as_ref()))
-                    .cloned()
-                    .collect()
-            }
+            Some(k) if k.hash == h && !force => return Published::Unchanged,
+            Some(k) => k
+                .attributes
+                .iter()
+                .filter(|a| !msgs.attribute_names.iter().any(|n| n.as_str() == a.as_ref()))
+                .cloned()
+                .collect(),
         };
         known.insert(
-            id,
+            id.to_owned(),
             Known {
                 hash: h,
                 last_updated: msgs.last_updated.map(String::into_boxed_str),

@@ -479,20 +479,30 @@ impl Dispatcher {
                 });
             }
             let debounce_at = q.next_debounce();
+            // Each wake takes everything already there: under load one turn
+            // of this loop serves many commands.
             tokio::select! {
                 cmd = input.recv(), if open => match cmd {
-                    Some(cmd) => q.admit(cmd, &output),
+                    Some(cmd) => {
+                        q.admit(cmd, &output);
+                        while let Ok(cmd) = input.try_recv() {
+                            q.admit(cmd, &output);
+                        }
+                    }
                     None => open = false,
                 },
                 Some(joined) = running.join_next() => {
-                    let Finished { command, outcome } = joined.expect("execute never panics");
-                    q.book.finish(command.id);
-                    let call = match (&command.action, dry_run) {
-                        (Action::Call(c), true) => Some(serde_json::json!({"service": c.name(), "data": c.data})),
-                        _ => None,
-                    };
-                    if output.send(report(command, outcome, call)).is_err() {
-                        tracing::error!("publisher is gone; outcome lost (the broker redelivers the command)");
+                    let mut joined = Some(joined);
+                    while let Some(j) = joined.take().or_else(|| running.try_join_next()) {
+                        let Finished { command, outcome } = j.expect("execute never panics");
+                        q.book.finish(command.id);
+                        let call = match (&command.action, dry_run) {
+                            (Action::Call(c), true) => Some(serde_json::json!({"service": c.name(), "data": c.data})),
+                            _ => None,
+                        };
+                        if output.send(report(command, outcome, call)).is_err() {
+                            tracing::error!("publisher is gone; outcome lost (the broker redelivers the command)");
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(debounce_at.unwrap_or_else(Instant::now)), if debounce_at.is_some() && open => {

@@ -19,13 +19,17 @@ impl Slug {
     pub const MAX_LEN: usize = 64;
 
     pub fn parse(s: &str) -> Option<Self> {
-        let ok = !s.is_empty()
+        Self::is_valid(s).then(|| Self(s.to_owned()))
+    }
+
+    /// Whether `s` is a slug (checked without building one).
+    pub fn is_valid(s: &str) -> bool {
+        !s.is_empty()
             && s.len() <= Self::MAX_LEN
             && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             && !s.starts_with('_')
             && !s.ends_with('_')
-            && !s.contains("__");
-        ok.then(|| Self(s.to_owned()))
+            && !s.contains("__")
     }
 
     pub fn as_str(&self) -> &str {
@@ -50,6 +54,11 @@ impl EntityId {
     pub fn parse(s: &str) -> Option<Self> {
         let (d, o) = s.split_once('.')?;
         Some(Self { domain: Slug::parse(d)?, object_id: Slug::parse(o)? })
+    }
+
+    /// Whether `s` is an entity id (checked without building one).
+    pub fn is_valid(s: &str) -> bool {
+        s.split_once('.').is_some_and(|(d, o)| Slug::is_valid(d) && Slug::is_valid(o))
     }
 }
 
