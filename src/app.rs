@@ -27,7 +27,7 @@ use crate::ha::{token_channel, watch_token, AuthGate, HaClient};
 use crate::http::{self, HttpState};
 use crate::ingress::{self, Ingress, Outputs};
 use crate::metrics::{Health, Metrics};
-use crate::mirror::{tls_config, Mirror, StateOptions, StateOut};
+use crate::mirror::{tls_config, Mirror, StateOut};
 use crate::publisher::{Publisher, Report};
 use crate::queue::{Dispatcher, Executor, RateLimiter, Slots};
 use crate::reload::Reloader;
@@ -136,15 +136,10 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     let dispatcher = Dispatcher { executor, concurrency: config.queue.concurrency };
     let mut pipeline = Stages::new(options.fail_stage);
     pipeline.spawn("dispatcher", dispatcher.run(cmd_rx, report_tx.clone()));
-    let state_options = StateOptions {
-        attributes: config.state.attributes,
-        attribute_topics: config.state.attribute_topics,
-        timestamps: config.state.timestamps,
-    };
     let states = Arc::new(StateOut::new(
         client.clone(),
         config.mqtt.prefix.clone(),
-        state_options,
+        config.state.layout.clone(),
         config.state.filter.clone(),
         metrics.clone(),
         &config.metrics.entities,

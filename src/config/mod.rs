@@ -27,7 +27,7 @@ pub use crate::secret::SecretSource;
 use crate::access::{AccessPolicy, RuleSpec};
 use crate::backoff::Backoff;
 use crate::bounds::{self, MAX_DURATION, MAX_PACKET, MAX_PAYLOAD_BYTES, MAX_RESULT_BYTES, PACKET_HEADROOM};
-use crate::mirror::StateFilter;
+use crate::mirror::{Layout, StateFilter, StateOptions, Statestream};
 use crate::routes::RouteTable;
 use crate::topic::{EntityId, TopicPrefix};
 use crate::translate::Limits;
@@ -87,9 +87,8 @@ pub struct QueueConfig {
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     pub filter: StateFilter,
-    pub attributes: bool,
-    pub attribute_topics: bool,
-    pub timestamps: bool,
+    /// Where and how states are published.
+    pub layout: Layout,
 }
 
 #[derive(Debug, Clone)]
@@ -216,7 +215,8 @@ fn figment_errors(e: figment::Error) -> ConfigErrors {
 /// not a number); everything else is read like a TOML value (`20`, `true`,
 /// `["light.*"]`).
 fn env_value(path: &str, value: &str) -> Value {
-    const ALWAYS_STRING: &[&str] = &["token", "password", "username", "client_id", "topic_prefix"];
+    const ALWAYS_STRING: &[&str] =
+        &["token", "password", "username", "client_id", "topic_prefix", "base_topic", "node_id", "device_name"];
     let leaf = path.rsplit('.').next().unwrap_or(path);
     if ALWAYS_STRING.contains(&leaf) {
         return Value::from(value.to_owned());
@@ -540,12 +540,56 @@ impl Validator {
     fn state(&mut self, raw: raw::RawState) -> Option<StateConfig> {
         let include = self.record("state.include", StateFilter::globs(&raw.include));
         let exclude = self.record("state.exclude", StateFilter::globs(&raw.exclude));
-        Some(StateConfig {
-            filter: StateFilter::new(include?, exclude?, !raw.include.is_empty()),
+        let layout = self.layout(&raw);
+        Some(StateConfig { filter: StateFilter::new(include?, exclude?, !raw.include.is_empty()), layout: layout? })
+    }
+
+    fn layout(&mut self, raw: &raw::RawState) -> Option<Layout> {
+        let json = StateOptions {
             attributes: raw.attributes,
             attribute_topics: raw.attribute_topics,
             timestamps: raw.timestamps,
-        })
+        };
+        match raw.layout.as_str() {
+            "json" => Some(Layout::Json(json)),
+            "statestream" => {
+                // The JSON layout's shape keys would silently do nothing.
+                let ignored = [
+                    ("state.attributes", !json.attributes, "publish_attributes"),
+                    ("state.attribute_topics", json.attribute_topics, "publish_attributes"),
+                    ("state.timestamps", !json.timestamps, "publish_timestamps"),
+                ];
+                for (key, set, instead) in ignored {
+                    if set {
+                        self.error(
+                            key,
+                            format!(
+                                "shapes the json layout; with layout = \"statestream\" set state.statestream.{instead}"
+                            ),
+                        );
+                    }
+                }
+                let Some(base) = &raw.statestream.base_topic else {
+                    self.error(
+                        "state.statestream.base_topic",
+                        "is required with layout = \"statestream\" (the base_topic of your mqtt_statestream, e.g. \"homestate\")",
+                    );
+                    return None;
+                };
+                // HA adds the '/' itself: "homestate/" and "homestate" are one base.
+                let base_topic = self
+                    .record("state.statestream.base_topic", TopicPrefix::new(base.strip_suffix('/').unwrap_or(base)))?;
+                Some(Layout::Statestream(Statestream {
+                    base_topic,
+                    publish_attributes: raw.statestream.publish_attributes,
+                    publish_timestamps: raw.statestream.publish_timestamps,
+                }))
+            }
+            other => {
+                self.error("state.layout", format!("{other:?} is not \"json\" or \"statestream\""));
+                None
+            }
+        }
     }
 
     fn limits(&mut self, raw: raw::RawLimits) -> Limits {

@@ -246,19 +246,47 @@ pub struct RawState {
     pub include: Vec<String>,
     /// Entity id globs never mirrored, and refused on the get topic.
     pub exclude: Vec<String>,
-    /// Put the attributes inside the state JSON.
+    /// `json`: one JSON document per entity on `<prefix>/state/<domain>/<object_id>`.
+    /// `statestream`: the topics of Home Assistant's `mqtt_statestream`
+    /// (`[state.statestream]`).
+    pub layout: String,
+    /// Put the attributes inside the state JSON (`json` layout).
     pub attributes: bool,
-    /// Also publish each attribute on `<prefix>/state/<domain>/<object_id>/<attribute>`.
+    /// Also publish each attribute on `<prefix>/state/<domain>/<object_id>/<attribute>` (`json` layout).
     pub attribute_topics: bool,
     /// Put `last_changed`, `last_updated` and (HA >= 2024.4) `last_reported`
-    /// into the state JSON.
+    /// into the state JSON (`json` layout).
     pub timestamps: bool,
+    /// `[state.statestream]`: the `statestream` layout's options, named as in
+    /// HA's `mqtt_statestream`.
+    pub statestream: RawStatestream,
 }
 
 impl Default for RawState {
     fn default() -> Self {
-        Self { include: Vec::new(), exclude: Vec::new(), attributes: true, attribute_topics: false, timestamps: true }
+        Self {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            layout: "json".into(),
+            attributes: true,
+            attribute_topics: false,
+            timestamps: true,
+            statestream: RawStatestream::default(),
+        }
     }
+}
+
+/// `[state.statestream]`: HA's `mqtt_statestream` options.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStatestream {
+    /// The topic levels before `<domain>/<object_id>/…` (required with
+    /// `layout = "statestream"`; your `mqtt_statestream` `base_topic`).
+    pub base_topic: Option<String>,
+    /// One retained topic per attribute, its value JSON-encoded as HA does.
+    pub publish_attributes: bool,
+    /// `…/last_updated` and `…/last_changed` topics.
+    pub publish_timestamps: bool,
 }
 
 /// `[metrics]`: the HTTP endpoint for Prometheus and health checks.
