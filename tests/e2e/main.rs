@@ -3,6 +3,7 @@
 //! script, real long-lived tokens). Every test runs against each
 //! [`Release`]: `ha_2024_3::…` and `ha_2026_2::…` (see [`for_each_release`]).
 
+mod ecosystem;
 mod ha;
 
 #[allow(dead_code)]
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use ecosystem::statestream_matches_home_assistants_own;
 use ha::{Ha, Release};
 use support::{Broker, Gateway, TestClient, PREFIX};
 
@@ -25,6 +27,12 @@ struct Rig {
     gateway: Gateway,
     dir: tempfile::TempDir,
     token_file: std::path::PathBuf,
+}
+
+impl Rig {
+    fn broker_port(&self) -> u16 {
+        self._broker.port
+    }
 }
 
 /// Whose token the gateway uses.
@@ -532,6 +540,7 @@ for_each_release! {
         a_plain_sensor_value_route_sets_a_real_input_number,
         service_responses_come_back_where_home_assistant_gives_them,
         mqtt_eventstream_call_service_events_run,
+        statestream_matches_home_assistants_own,
     ],
     since_2024_4: [labels_and_floors_are_targets_since_2024_4],
 }
