@@ -23,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckTracker, Acker};
 use crate::admission::{Dedupe, Rules};
 use crate::config::Config;
+use crate::discovery::{Discovery, Topics};
 use crate::ha::{token_channel, watch_token, AuthGate, HaClient};
 use crate::http::{self, HttpState};
-use crate::ingress::{self, Ingress, Outputs};
+use crate::ingress::{self, Ingress, Outputs, SideTopics};
 use crate::metrics::{Health, Metrics};
 use crate::mirror::{tls_config, Mirror, StateOut};
 use crate::publisher::{Publisher, Report};
@@ -165,6 +166,24 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     );
 
     let mirror_client = client.clone();
+    // The gateway as a device in HA: its birth topic and button come
+    // through ingress's side topics.
+    let (side_tx, side_rx) = mpsc::channel(16);
+    let discovery = config.discovery.clone().map(|d| {
+        let topics = Topics::new(config.mqtt.prefix.as_str(), &d.node_id, &config.mqtt.status_topic);
+        Discovery {
+            config: d,
+            topics,
+            client: client.clone(),
+            metrics: metrics.clone(),
+            connections: connections_rx.clone(),
+            hup: hup.clone(),
+        }
+    });
+    let side = SideTopics {
+        filters: discovery.as_ref().map(Discovery::filters).unwrap_or_default(),
+        to: discovery.as_ref().map(|_| side_tx),
+    };
     let ingress = Ingress {
         client,
         eventloop,
@@ -184,6 +203,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         limits: config.limits,
         dedupe: config.queue.dedupe_window.map(Dedupe::new),
         backlog: Default::default(),
+        side,
     };
     let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };
     tasks.spawn("ingress", ingress.run(outputs, shutdown.clone(), stop_polling.clone()));
@@ -191,6 +211,9 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         "token_watcher",
         watch_token(config.home_assistant.token.clone(), token_tx, hup_rx.clone(), shutdown.clone()),
     );
+    if let Some(discovery) = discovery {
+        tasks.spawn("discovery", discovery.run(side_rx, shutdown.clone()));
+    }
     if let Some(reloader) = options.reloader {
         tasks.spawn("reloader", reloader.run(rules_tx, hup_rx, metrics.clone(), shutdown.clone()));
     }

@@ -20,6 +20,7 @@ use url::Url;
 
 pub use raw::{RawConfig, RawRoute};
 // Each stage owns its settings; config builds them.
+pub use crate::discovery::DiscoveryConfig;
 pub use crate::ha::HaConfig;
 pub use crate::ingress::MqttConfig;
 pub use crate::secret::SecretSource;
@@ -69,6 +70,8 @@ pub struct Config {
     pub routes: Arc<RouteTable>,
     pub limits: Limits,
     pub metrics: MetricsConfig,
+    /// `[discovery]`; `None` when disabled.
+    pub discovery: Option<DiscoveryConfig>,
     pub log: LogConfig,
 }
 
@@ -124,7 +127,8 @@ pub fn load(
 }
 
 /// The config file's top-level sections, as environment variable names.
-const SECTIONS: &[&str] = &["MQTT", "HOME_ASSISTANT", "QUEUE", "ACCESS", "LIMITS", "STATE", "METRICS", "LOG", "ROUTE"];
+const SECTIONS: &[&str] =
+    &["MQTT", "HOME_ASSISTANT", "QUEUE", "ACCESS", "LIMITS", "STATE", "METRICS", "DISCOVERY", "LOG", "ROUTE"];
 
 /// Whether `MQTT_HA_GATEWAY_<name>` is meant for the config: it names a
 /// section (`QUEUE__CAPACITY`, or `QUEUE_CAPACITY`, a typo reported as an
@@ -227,6 +231,7 @@ fn env_value(path: &str, value: &str) -> Value {
 /// Turns the raw layers into a [`Config`], collecting every problem.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut v = Validator::default();
+    let discovery = v.discovery(raw.discovery, &raw.mqtt.client_id);
     let mqtt = v.mqtt(raw.mqtt);
     let home_assistant = v.home_assistant(raw.home_assistant);
     let queue = v.queue(raw.queue);
@@ -299,6 +304,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             routes,
             limits,
             metrics: MetricsConfig { listen, entities },
+            discovery,
             log,
         }),
         _ => Err(ConfigErrors(v.errors)),
@@ -617,6 +623,48 @@ impl Validator {
             max_correlation_bytes: raw.max_correlation_bytes,
             max_result_bytes: raw.max_result_bytes,
         }
+    }
+
+    fn discovery(&mut self, raw: raw::RawDiscovery, client_id: &str) -> Option<DiscoveryConfig> {
+        // The state is published at most once per interval: keep HA's recorder calm.
+        const MIN_INTERVAL: Duration = Duration::from_millis(100);
+        if !raw.enabled {
+            return None;
+        }
+        let node_id_ok =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let node_id = match raw.node_id {
+            Some(id) if node_id_ok(&id) => Some(id),
+            Some(_) => {
+                self.error("discovery.node_id", "letters, digits, '_' and '-' only (HA's rule for discovery topics)");
+                None
+            }
+            None if node_id_ok(client_id) => Some(client_id.to_owned()),
+            None => {
+                self.error(
+                    "discovery.node_id",
+                    format!("mqtt.client_id {client_id:?} is not a node id (letters, digits, '_', '-'): set discovery.node_id"),
+                );
+                None
+            }
+        };
+        let prefix = self.record("discovery.prefix", TopicPrefix::new(&raw.prefix)).map(|p| p.as_str().to_owned());
+        let status_topic =
+            self.record("discovery.status_topic", TopicPrefix::new(&raw.status_topic)).map(|p| p.as_str().to_owned());
+        if raw.device_name.trim().is_empty() {
+            self.error("discovery.device_name", "is empty");
+        }
+        let state_interval = self.duration("discovery.state_interval", &raw.state_interval);
+        if state_interval.is_some_and(|d| d < MIN_INTERVAL) {
+            self.error("discovery.state_interval", "must be at least 100ms");
+        }
+        Some(DiscoveryConfig {
+            prefix: prefix?,
+            node_id: node_id?,
+            device_name: raw.device_name,
+            status_topic: status_topic?,
+            state_interval: state_interval?,
+        })
     }
 
     fn log(&mut self, raw: raw::RawLog) -> Option<LogConfig> {

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub state: RawState,
     pub metrics: RawMetrics,
+    pub discovery: RawDiscovery,
     pub log: RawLog,
     /// `[[route]]`: wire any MQTT topic to a service (also from `routes.d/*.toml`).
     pub route: Vec<RawRoute>,
@@ -311,6 +312,41 @@ pub struct RawMetricEntities {
 impl Default for RawMetrics {
     fn default() -> Self {
         Self { listen: "127.0.0.1:9184".into(), entities: RawMetricEntities::default() }
+    }
+}
+
+/// `[discovery]`: the gateway as a device in Home Assistant (MQTT discovery).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDiscovery {
+    /// Publish discovery configs so HA shows the gateway (connection, queue
+    /// depth, commands per minute, last error, a reload button). Needs HA's
+    /// MQTT integration on the same broker.
+    pub enabled: bool,
+    /// HA's discovery prefix.
+    pub prefix: String,
+    /// The `<node_id>` level of the discovery topics and of
+    /// `<prefix>/bridge/<node_id>/…`; default: `mqtt.client_id`. Letters,
+    /// digits, `_` and `-`.
+    pub node_id: Option<String>,
+    /// The device's name in HA (its entity ids start with it).
+    pub device_name: String,
+    /// HA's birth topic: `online` there makes the gateway announce itself again.
+    pub status_topic: String,
+    /// How often the gateway's state is looked at; published when it changed.
+    pub state_interval: String,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            prefix: "homeassistant".into(),
+            node_id: None,
+            device_name: "MQTT HA Gateway".into(),
+            status_topic: "homeassistant/status".into(),
+            state_interval: "5s".into(),
+        }
     }
 }
 

@@ -317,3 +317,35 @@ fn a_statestream_layout_that_cannot_work_is_refused_with_its_key() {
         assert_eq!(keys(e), *expected, "{state}");
     }
 }
+
+#[test]
+fn discovery_is_off_by_default_and_takes_its_node_id_from_the_client_id() {
+    assert_eq!(load_str("", &[TOKEN]).unwrap().discovery, None);
+    let d = load_str("[discovery]\nenabled = true\n", &[TOKEN]).unwrap().discovery.unwrap();
+    let expected = DiscoveryConfig {
+        prefix: "homeassistant".into(),
+        node_id: "mqtt-ha-gateway".into(),
+        device_name: "MQTT HA Gateway".into(),
+        status_topic: "homeassistant/status".into(),
+        state_interval: Duration::from_secs(5),
+    };
+    assert_eq!(d, expected);
+    let table: &[(&str, &[&str])] = &[
+        ("node_id = \"gw.1\"", &["discovery.node_id"]),
+        ("node_id = \"\"", &["discovery.node_id"]),
+        ("prefix = \"home/#\"", &["discovery.prefix"]),
+        ("status_topic = \"\"", &["discovery.status_topic"]),
+        ("device_name = \" \"", &["discovery.device_name"]),
+        ("state_interval = \"10ms\"", &["discovery.state_interval"]),
+    ];
+    for (line, expected) in table {
+        let e = load_str(&format!("[discovery]\nenabled = true\n{line}\n"), &[TOKEN]).unwrap_err();
+        assert_eq!(keys(e), *expected, "{line}");
+    }
+    // A client id HA cannot take as a node id: say which key fixes it.
+    let e = load_str("[mqtt]\nclient_id = \"gw.1\"\n[discovery]\nenabled = true\n", &[TOKEN]).unwrap_err();
+    assert_eq!(keys(e), ["discovery.node_id"]);
+    assert!(
+        load_str("[mqtt]\nclient_id = \"gw.1\"\n[discovery]\nenabled = true\nnode_id = \"gw1\"\n", &[TOKEN]).is_ok()
+    );
+}
