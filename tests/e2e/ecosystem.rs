@@ -1,6 +1,7 @@
 //! The gateway beside Home Assistant's own MQTT integration, set up as a
 //! config entry pointing at the test broker (`hatool mqtt`): HA's
-//! `mqtt_statestream` and the gateway's statestream layout side by side.
+//! `mqtt_statestream` and the gateway's statestream layout side by side, and
+//! the gateway as a device in HA through MQTT discovery.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use serde_json::json;
 
 use crate::ha::Release;
 use crate::support::{TestClient, PREFIX};
-use crate::{rig, Rig, Token, T};
+use crate::{rig, rig_with, Rig, Token, T};
 
 /// What both publish: the entities a test drives.
 const STREAMED: [&str; 4] = ["light.kitchen", "light.hall", "script.flash", "sensor.statestream_probe"];
@@ -240,5 +241,93 @@ pub async fn statestream_matches_home_assistants_own(release: Release) {
     let ha = tree(port, "hastream").await;
     assert_eq!(ha.get("sensor/statestream_probe/state").map(String::as_str), Some("22"), "HA's stays");
     assert!(TestClient::retained(port, &format!("{PREFIX}/state"), T).await.is_empty(), "no json layout beside it");
+    rig.gateway.stop().await;
+}
+
+/// The gateway's entities in HA (ids from the device name and entity names).
+const CONNECTION: &str = "binary_sensor.mqtt_ha_gateway_connection";
+const QUEUE_DEPTH: &str = "sensor.mqtt_ha_gateway_queue_depth";
+const PER_MINUTE: &str = "sensor.mqtt_ha_gateway_commands_per_minute";
+const LAST_ERROR: &str = "sensor.mqtt_ha_gateway_last_error";
+const RELOAD: &str = "button.mqtt_ha_gateway_reload_rules";
+
+/// `GET /api/states/<entity>`: `None` while HA does not know it.
+async fn maybe_state(ha: &crate::ha::Ha, entity: &str) -> Option<serde_json::Value> {
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/states/{entity}", ha.url))
+        .bearer_auth(&ha.admin_token)
+        .send()
+        .await
+        .unwrap();
+    (r.status() == 200).then_some(r.json().await.unwrap())
+}
+
+async fn wait_entity(ha: &crate::ha::Ha, entity: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let s = maybe_state(ha, entity).await;
+        if let Some(s) = s.as_ref().filter(|s| pred(s)) {
+            return s.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{entity} never got there: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With `[discovery] enabled`, a real HA whose MQTT integration uses the
+/// test broker shows the gateway as a device: its entities appear and
+/// follow the gateway, the reload button pressed in HA reloads the rules,
+/// and after HA restarts its birth message brings the entities back (their
+/// retained configs were cleared while it was down, so only the birth can).
+pub async fn the_gateway_is_a_device_in_home_assistant(release: Release) {
+    let overrides = [("DISCOVERY__ENABLED", "true"), ("DISCOVERY__STATE_INTERVAL", "200ms")];
+    let Some(mut rig) = rig_with(release, "e2e_discovery", Token::Own, &overrides, true).await else {
+        return;
+    };
+    let port = rig.broker_port();
+    rig.ha.tool(&["mqtt", "--port", &port.to_string()]);
+    let connection = wait_entity(&rig.ha, CONNECTION, |s| s["state"] == "on").await;
+    assert_eq!(connection["attributes"]["device_class"], "connectivity");
+    wait_entity(&rig.ha, QUEUE_DEPTH, |s| s["state"] == "0").await;
+    wait_entity(&rig.ha, PER_MINUTE, |s| s["state"] == "0").await;
+    wait_entity(&rig.ha, LAST_ERROR, |s| s["state"] == "none").await;
+    wait_entity(&rig.ha, RELOAD, |_| true).await;
+
+    // Commands: the count per minute and the last error follow.
+    let r = rig.client.call("light.does_not_exist", r#"{"entity_id":"light.kitchen"}"#).await;
+    assert_eq!(r["error"], "ha_error", "{r}");
+    assert_eq!(rig.client.call("light.turn_on", r#"{"entity_id":"light.kitchen"}"#).await["ok"], true);
+    assert_eq!(rig.client.call("light.turn_off", r#"{"entity_id":"light.kitchen"}"#).await["ok"], true);
+    let error = wait_entity(&rig.ha, LAST_ERROR, |s| s["state"] == "ha_error").await;
+    assert_eq!(error["attributes"]["code"], "ha_error", "{error}");
+    wait_entity(&rig.ha, PER_MINUTE, |s| s["state"] == "3").await;
+
+    // The button, pressed through HA: the same reload as SIGHUP.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/services/button/press", rig.ha.url))
+        .bearer_auth(&rig.ha.admin_token)
+        .json(&json!({"entity_id": RELOAD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    rig.gateway.wait_metric(r#"config_reloads_total{result="applied"}"#, T, |v| v == 1.0).await;
+
+    // HA restarts; its discovery topics lose their retained configs meanwhile.
+    rig.ha.stop();
+    let configs = TestClient::retained(port, "homeassistant", T).await;
+    assert_eq!(configs.len(), 5, "{configs:?}");
+    for topic in configs.keys() {
+        rig.client.client.publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, true, Vec::new()).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + T;
+    while !TestClient::retained(port, "homeassistant", T).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "configs not cleared");
+    }
+    rig.ha.start_again();
+    wait_entity(&rig.ha, LAST_ERROR, |s| s["state"] == "ha_error").await;
+    wait_entity(&rig.ha, CONNECTION, |s| s["state"] == "on").await;
+    wait_entity(&rig.ha, PER_MINUTE, |s| s["state"] == "3").await;
+    assert_eq!(TestClient::retained(port, "homeassistant", T).await.len(), 5, "announced again");
     rig.gateway.stop().await;
 }
