@@ -59,13 +59,7 @@ async fn stale(ha: &crate::ha::Ha, topic: &str) -> bool {
     if ["state", "last_updated", "last_changed"].contains(&name) {
         return false;
     }
-    let r = reqwest::Client::new()
-        .get(format!("{}/api/states/{entity}", ha.url))
-        .bearer_auth(&ha.admin_token)
-        .send()
-        .await
-        .unwrap();
-    r.status() == 200 && r.json::<serde_json::Value>().await.unwrap()["attributes"].get(name).is_none()
+    ha.maybe_state(entity).await.is_some_and(|s| s["attributes"].get(name).is_none())
 }
 
 /// Waits until both publishers caught up: the gateway's tree of the
@@ -251,21 +245,10 @@ const PER_MINUTE: &str = "sensor.mqtt_ha_gateway_commands_per_minute";
 const LAST_ERROR: &str = "sensor.mqtt_ha_gateway_last_error";
 const RELOAD: &str = "button.mqtt_ha_gateway_reload_rules";
 
-/// `GET /api/states/<entity>`: `None` while HA does not know it.
-async fn maybe_state(ha: &crate::ha::Ha, entity: &str) -> Option<serde_json::Value> {
-    let r = reqwest::Client::new()
-        .get(format!("{}/api/states/{entity}", ha.url))
-        .bearer_auth(&ha.admin_token)
-        .send()
-        .await
-        .unwrap();
-    (r.status() == 200).then_some(r.json().await.unwrap())
-}
-
 async fn wait_entity(ha: &crate::ha::Ha, entity: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let s = maybe_state(ha, entity).await;
+        let s = ha.maybe_state(entity).await;
         if let Some(s) = s.as_ref().filter(|s| pred(s)) {
             return s.clone();
         }
