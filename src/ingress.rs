@@ -889,6 +889,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn side_topics_take_their_own_copies_and_leave_the_rest() {
+        let (to, mut rx) = mpsc::channel(4);
+        let side = SideTopics { filters: vec!["homeassistant/status".into()], to: Some(to) };
+        let ours = SideTopics::SUBSCRIPTION_ID;
+        let publish = |topic: &str, qos: QoS, ids: Vec<usize>| {
+            let mut p = Publish::new(topic, qos, "online", None);
+            p.properties = Some(rumqttc::v5::mqttbytes::v5::PublishProperties {
+                subscription_identifiers: ids,
+                ..Default::default()
+            });
+            p
+        };
+        // (message, handed to the side stage, taken away from the command path)
+        let table = [
+            (publish("homeassistant/status", QoS::AtMostOnce, vec![ours]), true, true, "its own copy"),
+            (
+                publish("homeassistant/status", QoS::AtLeastOnce, vec![ours, 3]),
+                true,
+                false,
+                "shared with a route: admitted and acked too",
+            ),
+            (publish("homeassistant/status", QoS::AtLeastOnce, vec![3]), false, false, "the route's own copy"),
+            (
+                publish("homeassistant/status", QoS::AtMostOnce, vec![]),
+                true,
+                true,
+                "a broker without identifiers: by topic",
+            ),
+            (publish("ha-gateway/call/light/turn_on", QoS::AtLeastOnce, vec![]), false, false, "a command"),
+        ];
+        for (p, handed, taken, why) in table {
+            assert_eq!(side.offer(&p), taken, "{why}");
+            assert_eq!(rx.try_recv().is_ok(), handed, "{why}");
+        }
+        // Off (discovery disabled): nothing is looked at.
+        assert!(!SideTopics::default().offer(&publish("homeassistant/status", QoS::AtMostOnce, vec![ours])));
+    }
+
     fn counter(metrics: &Metrics, line: &str) -> f64 {
         metrics.render().lines().find_map(|l| l.strip_prefix(line)?.trim().parse().ok()).unwrap_or(0.0)
     }
