@@ -48,12 +48,23 @@ async fn discovery_announces_the_gateway_and_keeps_its_state() {
     let state = ha.expect(&state_topic(), T, |m| m.retain && m.json()["connection"] == "ON").await.json();
     assert_eq!(state, json!({"connection": "ON", "queue_depth": 0, "commands_per_minute": 0, "last_error": null}));
 
+    // Commands HA is slow to answer: the queue depth shows them, then empties.
+    rig.ha.set_delay(Duration::from_millis(600));
+    for light in ["a", "b", "c"] {
+        results.publish(&format!("{PREFIX}/call/light/turn_on"), format!(r#"{{"entity_id":"light.{light}"}}"#)).await;
+    }
+    ha.expect(&state_topic(), T, |m| m.json()["queue_depth"] == 3).await;
+    results.collect(&format!("{PREFIX}/result/"), 3, T).await;
+    rig.ha.set_delay(Duration::ZERO);
+    // The slot is freed just before the outcome is counted: wait for both.
+    ha.expect(&state_topic(), T, |m| m.json()["queue_depth"] == 0 && m.json()["commands_per_minute"] == 3).await;
+
     // A command HA refuses: the count and the last error follow.
     rig.ha.script([crate::support::Reply::status(400)]);
     results.publish(&format!("{PREFIX}/call/light/turn_on"), r#"{"entity_id":"light.a"}"#).await;
     assert_eq!(results.result(&format!("{PREFIX}/result/light/turn_on")).await["error"], "ha_error");
     let state = ha.expect(&state_topic(), T, |m| m.json()["last_error"].is_object()).await.json();
-    assert_eq!(state["commands_per_minute"], 1);
+    assert_eq!(state["commands_per_minute"], 4);
     assert_eq!(state["last_error"]["code"], "ha_error");
     assert!(state["last_error"]["at"].as_str().unwrap().ends_with('Z'), "{state}");
 
@@ -73,7 +84,7 @@ async fn discovery_announces_the_gateway_and_keeps_its_state() {
         .iter()
         .map(|kind| gateway.metric(&format!(r#"messages_received_total{{kind="{kind}"}}"#)))
         .sum();
-    assert_eq!(received, 1.0, "only the call");
+    assert_eq!(received, 4.0, "only the calls");
     gateway.stop().await;
 }
 
