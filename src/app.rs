@@ -23,11 +23,12 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckTracker, Acker};
 use crate::admission::{Dedupe, Rules};
 use crate::config::Config;
+use crate::discovery::{Discovery, Topics};
 use crate::ha::{token_channel, watch_token, AuthGate, HaClient};
 use crate::http::{self, HttpState};
-use crate::ingress::{self, Ingress, Outputs};
+use crate::ingress::{self, Ingress, Outputs, SideTopics};
 use crate::metrics::{Health, Metrics};
-use crate::mirror::{tls_config, Mirror, StateOptions, StateOut};
+use crate::mirror::{tls_config, Mirror, StateOut};
 use crate::publisher::{Publisher, Report};
 use crate::queue::{Dispatcher, Executor, RateLimiter, Slots};
 use crate::reload::Reloader;
@@ -136,15 +137,10 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     let dispatcher = Dispatcher { executor, concurrency: config.queue.concurrency };
     let mut pipeline = Stages::new(options.fail_stage);
     pipeline.spawn("dispatcher", dispatcher.run(cmd_rx, report_tx.clone()));
-    let state_options = StateOptions {
-        attributes: config.state.attributes,
-        attribute_topics: config.state.attribute_topics,
-        timestamps: config.state.timestamps,
-    };
     let states = Arc::new(StateOut::new(
         client.clone(),
         config.mqtt.prefix.clone(),
-        state_options,
+        config.state.layout.clone(),
         config.state.filter.clone(),
         metrics.clone(),
         &config.metrics.entities,
@@ -170,6 +166,24 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     );
 
     let mirror_client = client.clone();
+    // The gateway as a device in HA: its birth topic and button come
+    // through ingress's side topics.
+    let (side_tx, side_rx) = mpsc::channel(16);
+    let discovery = config.discovery.clone().map(|d| {
+        let topics = Topics::new(config.mqtt.prefix.as_str(), &d.node_id, &config.mqtt.status_topic);
+        Discovery {
+            config: d,
+            topics,
+            client: client.clone(),
+            metrics: metrics.clone(),
+            connections: connections_rx.clone(),
+            hup: hup.clone(),
+        }
+    });
+    let side = SideTopics {
+        filters: discovery.as_ref().map(Discovery::filters).unwrap_or_default(),
+        to: discovery.as_ref().map(|_| side_tx),
+    };
     let ingress = Ingress {
         client,
         eventloop,
@@ -189,6 +203,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         limits: config.limits,
         dedupe: config.queue.dedupe_window.map(Dedupe::new),
         backlog: Default::default(),
+        side,
     };
     let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };
     tasks.spawn("ingress", ingress.run(outputs, shutdown.clone(), stop_polling.clone()));
@@ -196,6 +211,9 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         "token_watcher",
         watch_token(config.home_assistant.token.clone(), token_tx, hup_rx.clone(), shutdown.clone()),
     );
+    if let Some(discovery) = discovery {
+        tasks.spawn("discovery", discovery.run(side_rx, shutdown.clone()));
+    }
     if let Some(reloader) = options.reloader {
         tasks.spawn("reloader", reloader.run(rules_tx, hup_rx, metrics.clone(), shutdown.clone()));
     }

@@ -202,6 +202,67 @@ impl SubscriptionIds {
     }
 }
 
+/// A message on one of the gateway's own topics (see [`SideTopics`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideMessage {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Topics the gateway listens to for itself, beside commands and routes
+/// (HA's birth message, the reload button of its device in HA): subscribed
+/// at QoS 0 on every connection, never shared, never admitted or acked;
+/// each message is handed on through a bounded channel and dropped when it
+/// is full, so a flood costs no memory.
+#[derive(Debug, Default)]
+pub struct SideTopics {
+    pub filters: Vec<String>,
+    pub to: Option<mpsc::Sender<SideMessage>>,
+}
+
+impl SideTopics {
+    /// The subscription identifier of these filters (the largest MQTT
+    /// allows; route filters count up from 1).
+    pub const SUBSCRIPTION_ID: usize = 268_435_455;
+
+    fn subscribe(&self, client: &AsyncClient) {
+        if self.filters.is_empty() {
+            return;
+        }
+        let filters = self.filters.iter().map(|path| Filter {
+            path: path.clone(),
+            qos: QoS::AtMostOnce,
+            nolocal: true,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::Never,
+        });
+        let properties = SubscribeProperties { id: Some(Self::SUBSCRIPTION_ID), user_properties: Vec::new() };
+        if let Err(e) = client.try_subscribe_many_with_properties(filters, properties) {
+            tracing::error!(error = %e, "could not subscribe to the gateway's own topics");
+        }
+    }
+
+    /// Hands `publish` on if it came for these filters. `true` when it came
+    /// for nothing else (it is not admitted, and a QoS 0 copy owes no ack).
+    fn offer(&self, publish: &Publish) -> bool {
+        let Some(to) = &self.to else { return false };
+        let ids = publish.properties.as_ref().map(|p| p.subscription_identifiers.as_slice()).unwrap_or_default();
+        let topic = String::from_utf8_lossy(&publish.topic);
+        let ours = if ids.is_empty() {
+            self.filters.iter().any(|f| f.as_str() == topic)
+        } else {
+            ids.contains(&Self::SUBSCRIPTION_ID)
+        };
+        if !ours {
+            return false;
+        }
+        if to.try_send(SideMessage { topic: topic.into_owned(), payload: publish.payload.clone() }).is_err() {
+            tracing::debug!("a message on the gateway's own topics dropped: its stage is busy");
+        }
+        publish.qos == QoS::AtMostOnce && ids.iter().all(|id| *id == Self::SUBSCRIPTION_ID)
+    }
+}
+
 /// A registered message not yet admitted.
 #[derive(Debug)]
 pub struct Parked {
@@ -248,6 +309,8 @@ pub struct Ingress {
     pub dedupe: Option<Dedupe>,
     /// Rejections of QoS 0 messages waiting for the publisher.
     pub backlog: Backlog,
+    /// The gateway's own topics (discovery's birth message and button).
+    pub side: SideTopics,
 }
 
 /// The reconnect policy: jittered exponential backoff over consecutive
@@ -457,6 +520,9 @@ impl Ingress {
     }
 
     fn on_publish(&mut self, publish: Publish, out: &Outputs) {
+        if self.side.offer(&publish) {
+            return;
+        }
         let received_at = Instant::now();
         let seq = {
             let mut tracker = self.tracker.lock().expect("ack tracker lock is never poisoned");
@@ -558,6 +624,7 @@ impl Ingress {
         if let Err(e) = self.client.try_subscribe_many(filters) {
             tracing::error!(error = %e, "could not subscribe");
         }
+        self.side.subscribe(&self.client);
         self.route_subscriptions = self.rules.borrow().routes.subscriptions();
         for filter in self.route_subscriptions.clone() {
             self.subscribe_route(filter);
@@ -818,7 +885,47 @@ mod tests {
             limits: config.limits,
             dedupe: None,
             backlog: Backlog::default(),
+            side: SideTopics::default(),
         }
+    }
+
+    #[test]
+    fn side_topics_take_their_own_copies_and_leave_the_rest() {
+        let (to, mut rx) = mpsc::channel(4);
+        let side = SideTopics { filters: vec!["homeassistant/status".into()], to: Some(to) };
+        let ours = SideTopics::SUBSCRIPTION_ID;
+        let publish = |topic: &str, qos: QoS, ids: Vec<usize>| {
+            let mut p = Publish::new(topic, qos, "online", None);
+            p.properties = Some(rumqttc::v5::mqttbytes::v5::PublishProperties {
+                subscription_identifiers: ids,
+                ..Default::default()
+            });
+            p
+        };
+        // (message, handed to the side stage, taken away from the command path)
+        let table = [
+            (publish("homeassistant/status", QoS::AtMostOnce, vec![ours]), true, true, "its own copy"),
+            (
+                publish("homeassistant/status", QoS::AtLeastOnce, vec![ours, 3]),
+                true,
+                false,
+                "shared with a route: admitted and acked too",
+            ),
+            (publish("homeassistant/status", QoS::AtLeastOnce, vec![3]), false, false, "the route's own copy"),
+            (
+                publish("homeassistant/status", QoS::AtMostOnce, vec![]),
+                true,
+                true,
+                "a broker without identifiers: by topic",
+            ),
+            (publish("ha-gateway/call/light/turn_on", QoS::AtLeastOnce, vec![]), false, false, "a command"),
+        ];
+        for (p, handed, taken, why) in table {
+            assert_eq!(side.offer(&p), taken, "{why}");
+            assert_eq!(rx.try_recv().is_ok(), handed, "{why}");
+        }
+        // Off (discovery disabled): nothing is looked at.
+        assert!(!SideTopics::default().offer(&publish("homeassistant/status", QoS::AtMostOnce, vec![ours])));
     }
 
     fn counter(metrics: &Metrics, line: &str) -> f64 {

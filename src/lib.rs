@@ -12,6 +12,7 @@
 //! - [`ha`]: the Home Assistant REST client and its token gate.
 //! - [`publisher`]: results back to MQTT; frees slots.
 //! - [`mirror`]: HA's states, live, as retained MQTT messages (websocket).
+//! - [`discovery`]: the gateway as a device in HA (MQTT discovery).
 //! - [`ack`]: PUBACKs in arrival order once outcomes are final.
 //! - [`metrics`], [`http`]: Prometheus metrics and health endpoints.
 //! - [`reload`]: SIGHUP / file change → new access rules and routes.
@@ -29,6 +30,7 @@ pub(crate) mod backoff;
 pub(crate) mod bounds;
 pub mod command;
 pub mod config;
+pub(crate) mod discovery;
 pub mod ha;
 pub(crate) mod http;
 pub(crate) mod ingress;

@@ -6,6 +6,7 @@
 //! topic.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -63,6 +64,35 @@ pub struct Metrics {
     /// Always 1, for the `version` of the Home Assistant connected now
     /// (one series: the previous version's goes when it changes).
     pub ha_info: IntGaugeVec,
+    /// The last command that ended in an error (for the gateway's device in
+    /// HA); written only on that path.
+    pub last_error: Arc<Mutex<Option<LastError>>>,
+}
+
+/// A command's error, as the gateway's device in HA shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    pub code: ErrorCode,
+    /// The outcome's detail, at most [`LastError::MAX_DETAIL`] bytes.
+    pub detail: Option<String>,
+    pub at: std::time::SystemTime,
+}
+
+impl LastError {
+    /// An HA sensor's state holds 255 characters; attributes more, but a
+    /// line is enough.
+    pub const MAX_DETAIL: usize = 200;
+
+    pub fn new(code: ErrorCode, detail: Option<&str>, at: std::time::SystemTime) -> Self {
+        let detail = detail.map(|d| {
+            let mut end = d.len().min(Self::MAX_DETAIL);
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            d[..end].to_owned()
+        });
+        Self { code, detail, at }
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -184,6 +214,7 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("each metric is registered once");
                 g
             },
+            last_error: Arc::new(Mutex::new(None)),
             registry: r,
         };
         for code in ErrorCode::ALL {
@@ -215,13 +246,24 @@ impl Metrics {
         m
     }
 
-    /// Counts one final outcome.
+    /// Counts one final outcome; remembers it as the last error unless it
+    /// was ignored by design (retained, duplicate, flow control).
     pub fn outcome(&self, outcome: &Outcome) {
         let (label, reason) = match outcome.error {
             None => ("done", ""),
             Some(code) => (outcome_label(code), code.as_str()),
         };
         self.commands.with_label_values(&[label, reason]).inc();
+        if let (Some(code), false) = (outcome.error, label == "ignored") {
+            let error = LastError::new(code, outcome.detail.as_deref(), std::time::SystemTime::now());
+            *self.last_error.lock().expect("last_error lock is never poisoned: no panics under it") = Some(error);
+        }
+    }
+
+    /// Final outcomes counted so far, every outcome and reason together.
+    pub fn commands_finished(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.commands.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
     }
 
     /// The Home Assistant version connected now: the only `ha_info` series.
@@ -348,6 +390,19 @@ mod tests {
         let text = m.render();
         assert!(text.contains("mqtt_ha_gateway_ha_info{version=\"2026.2.3\"} 1"), "{text}");
         assert!(!text.contains("version=\"2024.3.3\""), "{text}");
+    }
+
+    #[test]
+    fn the_last_error_is_the_last_failure_not_what_was_ignored_by_design() {
+        let m = Metrics::new();
+        assert_eq!(*m.last_error.lock().unwrap(), None);
+        m.outcome(&Outcome::failed(ErrorCode::HaError, Some(400), "é".repeat(150)));
+        m.outcome(&Outcome::failed(ErrorCode::Debounced, None, None));
+        m.outcome(&Outcome::done(200, Vec::new()));
+        let last = m.last_error.lock().unwrap().clone().expect("the failure is remembered");
+        assert_eq!(last.code, ErrorCode::HaError, "neither the debounced one nor the done one replaced it");
+        assert_eq!(last.detail.unwrap(), "é".repeat(100), "cut at a character boundary, at most 200 bytes");
+        assert_eq!(m.commands_finished(), 3);
     }
 
     /// Responses that cannot be given are failures, counted under their code.

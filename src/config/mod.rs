@@ -20,6 +20,7 @@ use url::Url;
 
 pub use raw::{RawConfig, RawRoute};
 // Each stage owns its settings; config builds them.
+pub use crate::discovery::DiscoveryConfig;
 pub use crate::ha::HaConfig;
 pub use crate::ingress::MqttConfig;
 pub use crate::secret::SecretSource;
@@ -27,7 +28,7 @@ pub use crate::secret::SecretSource;
 use crate::access::{AccessPolicy, RuleSpec};
 use crate::backoff::Backoff;
 use crate::bounds::{self, MAX_DURATION, MAX_PACKET, MAX_PAYLOAD_BYTES, MAX_RESULT_BYTES, PACKET_HEADROOM};
-use crate::mirror::StateFilter;
+use crate::mirror::{Layout, StateFilter, StateOptions, Statestream};
 use crate::routes::RouteTable;
 use crate::topic::{EntityId, TopicPrefix};
 use crate::translate::Limits;
@@ -69,6 +70,8 @@ pub struct Config {
     pub routes: Arc<RouteTable>,
     pub limits: Limits,
     pub metrics: MetricsConfig,
+    /// `[discovery]`; `None` when disabled.
+    pub discovery: Option<DiscoveryConfig>,
     pub log: LogConfig,
 }
 
@@ -87,9 +90,8 @@ pub struct QueueConfig {
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     pub filter: StateFilter,
-    pub attributes: bool,
-    pub attribute_topics: bool,
-    pub timestamps: bool,
+    /// Where and how states are published.
+    pub layout: Layout,
 }
 
 #[derive(Debug, Clone)]
@@ -125,7 +127,8 @@ pub fn load(
 }
 
 /// The config file's top-level sections, as environment variable names.
-const SECTIONS: &[&str] = &["MQTT", "HOME_ASSISTANT", "QUEUE", "ACCESS", "LIMITS", "STATE", "METRICS", "LOG", "ROUTE"];
+const SECTIONS: &[&str] =
+    &["MQTT", "HOME_ASSISTANT", "QUEUE", "ACCESS", "LIMITS", "STATE", "METRICS", "DISCOVERY", "LOG", "ROUTE"];
 
 /// Whether `MQTT_HA_GATEWAY_<name>` is meant for the config: it names a
 /// section (`QUEUE__CAPACITY`, or `QUEUE_CAPACITY`, a typo reported as an
@@ -216,7 +219,8 @@ fn figment_errors(e: figment::Error) -> ConfigErrors {
 /// not a number); everything else is read like a TOML value (`20`, `true`,
 /// `["light.*"]`).
 fn env_value(path: &str, value: &str) -> Value {
-    const ALWAYS_STRING: &[&str] = &["token", "password", "username", "client_id", "topic_prefix"];
+    const ALWAYS_STRING: &[&str] =
+        &["token", "password", "username", "client_id", "topic_prefix", "base_topic", "node_id", "device_name"];
     let leaf = path.rsplit('.').next().unwrap_or(path);
     if ALWAYS_STRING.contains(&leaf) {
         return Value::from(value.to_owned());
@@ -227,6 +231,7 @@ fn env_value(path: &str, value: &str) -> Value {
 /// Turns the raw layers into a [`Config`], collecting every problem.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut v = Validator::default();
+    let discovery = v.discovery(raw.discovery, &raw.mqtt.client_id);
     let mqtt = v.mqtt(raw.mqtt);
     let home_assistant = v.home_assistant(raw.home_assistant);
     let queue = v.queue(raw.queue);
@@ -299,6 +304,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             routes,
             limits,
             metrics: MetricsConfig { listen, entities },
+            discovery,
             log,
         }),
         _ => Err(ConfigErrors(v.errors)),
@@ -540,12 +546,56 @@ impl Validator {
     fn state(&mut self, raw: raw::RawState) -> Option<StateConfig> {
         let include = self.record("state.include", StateFilter::globs(&raw.include));
         let exclude = self.record("state.exclude", StateFilter::globs(&raw.exclude));
-        Some(StateConfig {
-            filter: StateFilter::new(include?, exclude?, !raw.include.is_empty()),
+        let layout = self.layout(&raw);
+        Some(StateConfig { filter: StateFilter::new(include?, exclude?, !raw.include.is_empty()), layout: layout? })
+    }
+
+    fn layout(&mut self, raw: &raw::RawState) -> Option<Layout> {
+        let json = StateOptions {
             attributes: raw.attributes,
             attribute_topics: raw.attribute_topics,
             timestamps: raw.timestamps,
-        })
+        };
+        match raw.layout.as_str() {
+            "json" => Some(Layout::Json(json)),
+            "statestream" => {
+                // The JSON layout's shape keys would silently do nothing.
+                let ignored = [
+                    ("state.attributes", !json.attributes, "publish_attributes"),
+                    ("state.attribute_topics", json.attribute_topics, "publish_attributes"),
+                    ("state.timestamps", !json.timestamps, "publish_timestamps"),
+                ];
+                for (key, set, instead) in ignored {
+                    if set {
+                        self.error(
+                            key,
+                            format!(
+                                "shapes the json layout; with layout = \"statestream\" set state.statestream.{instead}"
+                            ),
+                        );
+                    }
+                }
+                let Some(base) = &raw.statestream.base_topic else {
+                    self.error(
+                        "state.statestream.base_topic",
+                        "is required with layout = \"statestream\" (the base_topic of your mqtt_statestream, e.g. \"homestate\")",
+                    );
+                    return None;
+                };
+                // HA adds the '/' itself: "homestate/" and "homestate" are one base.
+                let base_topic = self
+                    .record("state.statestream.base_topic", TopicPrefix::new(base.strip_suffix('/').unwrap_or(base)))?;
+                Some(Layout::Statestream(Statestream {
+                    base_topic,
+                    publish_attributes: raw.statestream.publish_attributes,
+                    publish_timestamps: raw.statestream.publish_timestamps,
+                }))
+            }
+            other => {
+                self.error("state.layout", format!("{other:?} is not \"json\" or \"statestream\""));
+                None
+            }
+        }
     }
 
     fn limits(&mut self, raw: raw::RawLimits) -> Limits {
@@ -573,6 +623,48 @@ impl Validator {
             max_correlation_bytes: raw.max_correlation_bytes,
             max_result_bytes: raw.max_result_bytes,
         }
+    }
+
+    fn discovery(&mut self, raw: raw::RawDiscovery, client_id: &str) -> Option<DiscoveryConfig> {
+        // The state is published at most once per interval: keep HA's recorder calm.
+        const MIN_INTERVAL: Duration = Duration::from_millis(100);
+        if !raw.enabled {
+            return None;
+        }
+        let node_id_ok =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let node_id = match raw.node_id {
+            Some(id) if node_id_ok(&id) => Some(id),
+            Some(_) => {
+                self.error("discovery.node_id", "letters, digits, '_' and '-' only (HA's rule for discovery topics)");
+                None
+            }
+            None if node_id_ok(client_id) => Some(client_id.to_owned()),
+            None => {
+                self.error(
+                    "discovery.node_id",
+                    format!("mqtt.client_id {client_id:?} is not a node id (letters, digits, '_', '-'): set discovery.node_id"),
+                );
+                None
+            }
+        };
+        let prefix = self.record("discovery.prefix", TopicPrefix::new(&raw.prefix)).map(|p| p.as_str().to_owned());
+        let status_topic =
+            self.record("discovery.status_topic", TopicPrefix::new(&raw.status_topic)).map(|p| p.as_str().to_owned());
+        if raw.device_name.trim().is_empty() {
+            self.error("discovery.device_name", "is empty");
+        }
+        let state_interval = self.duration("discovery.state_interval", &raw.state_interval);
+        if state_interval.is_some_and(|d| d < MIN_INTERVAL) {
+            self.error("discovery.state_interval", "must be at least 100ms");
+        }
+        Some(DiscoveryConfig {
+            prefix: prefix?,
+            node_id: node_id?,
+            device_name: raw.device_name,
+            status_topic: status_topic?,
+            state_interval: state_interval?,
+        })
     }
 
     fn log(&mut self, raw: raw::RawLog) -> Option<LogConfig> {

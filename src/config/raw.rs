@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub state: RawState,
     pub metrics: RawMetrics,
+    pub discovery: RawDiscovery,
     pub log: RawLog,
     /// `[[route]]`: wire any MQTT topic to a service (also from `routes.d/*.toml`).
     pub route: Vec<RawRoute>,
@@ -246,19 +247,47 @@ pub struct RawState {
     pub include: Vec<String>,
     /// Entity id globs never mirrored, and refused on the get topic.
     pub exclude: Vec<String>,
-    /// Put the attributes inside the state JSON.
+    /// `json`: one JSON document per entity on `<prefix>/state/<domain>/<object_id>`.
+    /// `statestream`: the topics of Home Assistant's `mqtt_statestream`
+    /// (`[state.statestream]`).
+    pub layout: String,
+    /// Put the attributes inside the state JSON (`json` layout).
     pub attributes: bool,
-    /// Also publish each attribute on `<prefix>/state/<domain>/<object_id>/<attribute>`.
+    /// Also publish each attribute on `<prefix>/state/<domain>/<object_id>/<attribute>` (`json` layout).
     pub attribute_topics: bool,
     /// Put `last_changed`, `last_updated` and (HA >= 2024.4) `last_reported`
-    /// into the state JSON.
+    /// into the state JSON (`json` layout).
     pub timestamps: bool,
+    /// `[state.statestream]`: the `statestream` layout's options, named as in
+    /// HA's `mqtt_statestream`.
+    pub statestream: RawStatestream,
 }
 
 impl Default for RawState {
     fn default() -> Self {
-        Self { include: Vec::new(), exclude: Vec::new(), attributes: true, attribute_topics: false, timestamps: true }
+        Self {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            layout: "json".into(),
+            attributes: true,
+            attribute_topics: false,
+            timestamps: true,
+            statestream: RawStatestream::default(),
+        }
     }
+}
+
+/// `[state.statestream]`: HA's `mqtt_statestream` options.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStatestream {
+    /// The topic levels before `<domain>/<object_id>/…` (required with
+    /// `layout = "statestream"`; your `mqtt_statestream` `base_topic`).
+    pub base_topic: Option<String>,
+    /// One retained topic per attribute, its value JSON-encoded as HA does.
+    pub publish_attributes: bool,
+    /// `…/last_updated` and `…/last_changed` topics.
+    pub publish_timestamps: bool,
 }
 
 /// `[metrics]`: the HTTP endpoint for Prometheus and health checks.
@@ -283,6 +312,41 @@ pub struct RawMetricEntities {
 impl Default for RawMetrics {
     fn default() -> Self {
         Self { listen: "127.0.0.1:9184".into(), entities: RawMetricEntities::default() }
+    }
+}
+
+/// `[discovery]`: the gateway as a device in Home Assistant (MQTT discovery).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDiscovery {
+    /// Publish discovery configs so HA shows the gateway (connection, queue
+    /// depth, commands per minute, last error, a reload button). Needs HA's
+    /// MQTT integration on the same broker.
+    pub enabled: bool,
+    /// HA's discovery prefix.
+    pub prefix: String,
+    /// The `<node_id>` level of the discovery topics and of
+    /// `<prefix>/bridge/<node_id>/…`; default: `mqtt.client_id`. Letters,
+    /// digits, `_` and `-`.
+    pub node_id: Option<String>,
+    /// The device's name in HA (its entity ids start with it).
+    pub device_name: String,
+    /// HA's birth topic: `online` there makes the gateway announce itself again.
+    pub status_topic: String,
+    /// How often the gateway's state is looked at; published when it changed.
+    pub state_interval: String,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            prefix: "homeassistant".into(),
+            node_id: None,
+            device_name: "MQTT HA Gateway".into(),
+            status_topic: "homeassistant/status".into(),
+            state_interval: "5s".into(),
+        }
     }
 }
 

@@ -280,3 +280,72 @@ fn only_variables_naming_a_section_are_config() {
     let typo = load_str("", &[TOKEN, ("QUEUE_CAPACITY", "7")]).unwrap_err();
     assert!(typo.0.iter().any(|e| e.message.contains("queue_capacity")), "{typo}");
 }
+
+#[test]
+fn the_statestream_layout_takes_mqtt_statestreams_options() {
+    let c = load_str("", &[TOKEN]).unwrap();
+    assert_eq!(c.state.layout, Layout::Json(StateOptions::default()), "the json layout stays the default");
+    let toml = "[state]\nlayout = \"statestream\"\n[state.statestream]\nbase_topic = \"homestate/\"\npublish_attributes = true\n";
+    let c = load_str(toml, &[TOKEN, ("STATE__STATESTREAM__PUBLISH_TIMESTAMPS", "true")]).unwrap();
+    let expected = Statestream {
+        base_topic: TopicPrefix::new("homestate").unwrap(),
+        publish_attributes: true,
+        publish_timestamps: true,
+    };
+    assert_eq!(c.state.layout, Layout::Statestream(expected), "HA's trailing '/' is optional here too");
+    // A numeric base topic stays text when it comes from the environment.
+    let c =
+        load_str("[state]\nlayout = \"statestream\"\n", &[TOKEN, ("STATE__STATESTREAM__BASE_TOPIC", "2024")]).unwrap();
+    assert!(matches!(c.state.layout, Layout::Statestream(s) if s.base_topic.as_str() == "2024"));
+}
+
+#[test]
+fn a_statestream_layout_that_cannot_work_is_refused_with_its_key() {
+    let table: &[(&str, &[&str])] = &[
+        ("layout = \"statestream\"", &["state.statestream.base_topic"]),
+        ("layout = \"statestream\"\nstatestream.base_topic = \"a/+/b\"", &["state.statestream.base_topic"]),
+        (
+            "layout = \"statestream\"\nstatestream.base_topic = \"s\"\nattribute_topics = true",
+            &["state.attribute_topics"],
+        ),
+        ("layout = \"statestream\"\nstatestream.base_topic = \"s\"\ntimestamps = false", &["state.timestamps"]),
+        ("layout = \"yaml\"", &["state.layout"]),
+        ("statestream.base_topc = \"s\"", &["state.statestream.base_topc"]),
+    ];
+    for (state, expected) in table {
+        let e = load_str(&format!("[state]\n{state}\n"), &[TOKEN]).unwrap_err();
+        assert_eq!(keys(e), *expected, "{state}");
+    }
+}
+
+#[test]
+fn discovery_is_off_by_default_and_takes_its_node_id_from_the_client_id() {
+    assert_eq!(load_str("", &[TOKEN]).unwrap().discovery, None);
+    let d = load_str("[discovery]\nenabled = true\n", &[TOKEN]).unwrap().discovery.unwrap();
+    let expected = DiscoveryConfig {
+        prefix: "homeassistant".into(),
+        node_id: "mqtt-ha-gateway".into(),
+        device_name: "MQTT HA Gateway".into(),
+        status_topic: "homeassistant/status".into(),
+        state_interval: Duration::from_secs(5),
+    };
+    assert_eq!(d, expected);
+    let table: &[(&str, &[&str])] = &[
+        ("node_id = \"gw.1\"", &["discovery.node_id"]),
+        ("node_id = \"\"", &["discovery.node_id"]),
+        ("prefix = \"home/#\"", &["discovery.prefix"]),
+        ("status_topic = \"\"", &["discovery.status_topic"]),
+        ("device_name = \" \"", &["discovery.device_name"]),
+        ("state_interval = \"10ms\"", &["discovery.state_interval"]),
+    ];
+    for (line, expected) in table {
+        let e = load_str(&format!("[discovery]\nenabled = true\n{line}\n"), &[TOKEN]).unwrap_err();
+        assert_eq!(keys(e), *expected, "{line}");
+    }
+    // A client id HA cannot take as a node id: say which key fixes it.
+    let e = load_str("[mqtt]\nclient_id = \"gw.1\"\n[discovery]\nenabled = true\n", &[TOKEN]).unwrap_err();
+    assert_eq!(keys(e), ["discovery.node_id"]);
+    assert!(
+        load_str("[mqtt]\nclient_id = \"gw.1\"\n[discovery]\nenabled = true\nnode_id = \"gw1\"\n", &[TOKEN]).is_ok()
+    );
+}

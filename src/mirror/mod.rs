@@ -16,6 +16,7 @@
 
 mod filter;
 mod out;
+pub(crate) mod pyjson;
 mod ws;
 
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 pub use filter::StateFilter;
-pub use out::{StateOptions, StateOut};
+pub use out::{Layout, StateOptions, StateOut, Statestream};
 pub use ws::{tls_config, Incoming};
 
 use crate::backoff::Backoff;

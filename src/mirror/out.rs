@@ -1,10 +1,13 @@
-//! State out: the one place that publishes `<prefix>/state/…` topics, for
-//! call results, gets and the live mirror alike.
+//! State out: the one place that publishes state topics — `<prefix>/state/…`
+//! or, with `layout = "statestream"`, `<base_topic>/…` — for call results,
+//! gets and the live mirror alike.
 //!
-//! Remembers, per entity, a hash of what it last published and HA's
-//! `last_updated`, so the same state arriving twice (a call's result, then
-//! the websocket event) is published once, and an older state never
-//! overwrites a newer one. Entities a call touched are mirrored from then on.
+//! Remembers, per entity, a hash of what it last published, HA's
+//! `last_updated` and the topics it published, so the same state arriving
+//! twice (a call's result, then the websocket event) is published once, an
+//! older state never overwrites a newer one, and topics an entity no longer
+//! has (an attribute gone, the entity removed) are cleared. Entities a call
+//! touched are mirrored from then on.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -14,12 +17,12 @@ use rumqttc::v5::AsyncClient;
 use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
-use super::StateFilter;
+use super::{pyjson, StateFilter};
 use crate::metrics::Metrics;
 use crate::state_json::StateHead;
 use crate::topic::{EntityId, TopicPrefix};
 
-/// How states are shaped (`[state]` options).
+/// How the JSON layout shapes a state (`[state]` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateOptions {
     pub attributes: bool,
@@ -33,14 +36,72 @@ impl Default for StateOptions {
     }
 }
 
-/// The retained messages for one HA state object: the state topic first,
-/// then one per attribute if asked for.
+/// Home Assistant's `mqtt_statestream` layout (`[state.statestream]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statestream {
+    /// The levels before `<domain>/<object_id>/…`, without a trailing `/`.
+    pub base_topic: TopicPrefix,
+    /// One topic per attribute, its value JSON-encoded as Python does.
+    pub publish_attributes: bool,
+    /// `…/last_updated` and `…/last_changed`.
+    pub publish_timestamps: bool,
+}
+
+/// Where and how states are published (`[state] layout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// `<prefix>/state/<domain>/<object_id>`: the state as one JSON document.
+    Json(StateOptions),
+    /// `<base_topic>/<domain>/<object_id>/state` and its siblings, byte for
+    /// byte as HA's `mqtt_statestream` publishes them.
+    Statestream(Statestream),
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self::Json(StateOptions::default())
+    }
+}
+
+/// The retained messages for one HA state object, the entity's main topic
+/// first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateMessages {
     pub entity: EntityId,
     pub last_updated: Option<String>,
+    /// The topic every other one is `<base>/<suffix>` of.
+    pub base: String,
+    /// (suffix, payload); the suffix `""` is `base` itself.
     pub messages: Vec<(String, Vec<u8>)>,
-    pub attribute_names: Vec<String>,
+}
+
+impl StateMessages {
+    fn topic(base: &str, suffix: &str) -> String {
+        if suffix.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}/{suffix}")
+        }
+    }
+
+    /// The full topics, in publishing order.
+    pub fn topics(&self) -> impl Iterator<Item = (String, &[u8])> + '_ {
+        self.messages.iter().map(|(suffix, payload)| (Self::topic(&self.base, suffix), payload.as_slice()))
+    }
+}
+
+/// Where an entity's topics live: the JSON state topic, or the statestream
+/// `<base_topic>/<domain>/<object_id>`.
+pub fn entity_base(prefix: &TopicPrefix, layout: &Layout, entity: &EntityId) -> String {
+    match layout {
+        Layout::Json(_) => prefix.state(entity),
+        Layout::Statestream(s) => format!("{}/{}/{}", s.base_topic.as_str(), entity.domain, entity.object_id),
+    }
+}
+
+/// An attribute name that cannot be a topic level: skipped.
+fn unusable_attribute(name: &str, allow_slash: bool) -> bool {
+    name.is_empty() || name.contains(['+', '#', '\0']) || (!allow_slash && name.contains('/'))
 }
 
 /// The state topic's payload, in the documented key order, borrowed from
@@ -62,10 +123,20 @@ struct StatePayload<'a> {
 const NULL: &Value = &Value::Null;
 
 /// Pure: builds the messages for `state` (an object with `entity_id`).
-pub fn state_messages(prefix: &TopicPrefix, options: StateOptions, state: &Value) -> Option<StateMessages> {
+pub fn state_messages(prefix: &TopicPrefix, layout: &Layout, state: &Value) -> Option<StateMessages> {
     let entity = EntityId::parse(state.get("entity_id")?.as_str()?)?;
     let empty = Map::new();
     let attributes = state.get("attributes").and_then(Value::as_object).unwrap_or(&empty);
+    let base = entity_base(prefix, layout, &entity);
+    let messages = match layout {
+        Layout::Json(options) => json_messages(*options, state, attributes),
+        Layout::Statestream(options) => statestream_messages(options, state, attributes),
+    };
+    let last_updated = state.get("last_updated").and_then(Value::as_str).map(str::to_owned);
+    Some(StateMessages { entity, last_updated, base, messages })
+}
+
+fn json_messages(options: StateOptions, state: &Value, attributes: &Map<String, Value>) -> Vec<(String, Vec<u8>)> {
     let timestamp = |key: &str| options.timestamps.then(|| state.get(key).unwrap_or(NULL));
     let payload = StatePayload {
         state: state.get("state").unwrap_or(NULL),
@@ -74,25 +145,54 @@ pub fn state_messages(prefix: &TopicPrefix, options: StateOptions, state: &Value
         last_updated: timestamp("last_updated"),
         last_reported: if options.timestamps { state.get("last_reported") } else { None },
     };
-    let topic = prefix.state(&entity);
     let main = serde_json::to_vec(&payload).expect("a JSON value always serialises");
-    let mut messages = vec![(topic.clone(), main)];
-    let mut attribute_names = Vec::new();
+    let mut messages = vec![(String::new(), main)];
     if options.attribute_topics {
         for (name, value) in attributes {
-            if name.is_empty() || name.contains(['/', '+', '#', '\0']) {
+            if unusable_attribute(name, false) {
                 continue;
             }
             let payload = match value {
                 Value::String(s) => s.clone().into_bytes(),
                 other => serde_json::to_vec(other).expect("a JSON value always serialises"),
             };
-            messages.push((format!("{topic}/{name}"), payload));
-            attribute_names.push(name.clone());
+            messages.push((name.clone(), payload));
         }
     }
-    let last_updated = state.get("last_updated").and_then(Value::as_str).map(str::to_owned);
-    Some(StateMessages { entity, last_updated, messages, attribute_names })
+    messages
+}
+
+/// What `mqtt_statestream` publishes for one `state_changed`, in its order:
+/// the raw state, `last_updated` and `last_changed` as HA's `isoformat()`
+/// wrote them, then each attribute as `json.dumps` writes it.
+fn statestream_messages(
+    options: &Statestream,
+    state: &Value,
+    attributes: &Map<String, Value>,
+) -> Vec<(String, Vec<u8>)> {
+    let raw = match state.get("state") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let mut messages = vec![("state".to_owned(), raw.into_bytes())];
+    if options.publish_timestamps {
+        for key in ["last_updated", "last_changed"] {
+            if let Some(at) = state.get(key).and_then(Value::as_str) {
+                messages.push((key.to_owned(), at.as_bytes().to_vec()));
+            }
+        }
+    }
+    if options.publish_attributes {
+        for (name, value) in attributes {
+            // HA publishes a name with '/' a level deeper, and fails on a wildcard.
+            if unusable_attribute(name, true) {
+                continue;
+            }
+            messages.push((name.clone(), pyjson::dumps(value).into_bytes()));
+        }
+    }
+    messages
 }
 
 fn hash(messages: &[(String, Vec<u8>)]) -> u64 {
@@ -106,7 +206,8 @@ struct Known {
     /// Hash of what was last published; 0 = must be published again.
     hash: u64,
     last_updated: Option<Box<str>>,
-    attributes: Vec<Box<str>>,
+    /// The suffixes of the topics published (see [`StateMessages`]).
+    suffixes: Vec<Box<str>>,
 }
 
 /// What happened to one state.
@@ -124,7 +225,7 @@ pub enum Published {
 pub struct StateOut {
     client: AsyncClient,
     prefix: TopicPrefix,
-    options: StateOptions,
+    layout: Layout,
     filter: StateFilter,
     metrics: Metrics,
     /// Held across the publish, so decisions and sends keep one order.
@@ -137,7 +238,7 @@ impl StateOut {
     pub fn new(
         client: AsyncClient,
         prefix: TopicPrefix,
-        options: StateOptions,
+        layout: Layout,
         filter: StateFilter,
         metrics: Metrics,
         exported: &[EntityId],
@@ -146,7 +247,7 @@ impl StateOut {
         Self {
             client,
             prefix,
-            options,
+            layout,
             filter,
             metrics,
             known: Mutex::new(HashMap::new()),
@@ -247,49 +348,43 @@ impl StateOut {
         if let Some(published) = self.decided(&known, id, last_updated, touched, force) {
             return published;
         }
-        let Some(msgs) = state_messages(&self.prefix, self.options, state) else { return Published::Ignored };
+        let Some(msgs) = state_messages(&self.prefix, &self.layout, state) else { return Published::Ignored };
         let h = hash(&msgs.messages);
-        let stale_attributes = match known.get(id) {
+        let gone = match known.get(id) {
             None => Vec::new(),
             Some(k) if k.hash == h && !force => return Published::Unchanged,
             Some(k) => k
-                .attributes
+                .suffixes
                 .iter()
-                .filter(|a| !msgs.attribute_names.iter().any(|n| n.as_str() == a.as_ref()))
+                .filter(|a| !msgs.messages.iter().any(|(n, _)| n.as_str() == a.as_ref()))
                 .cloned()
                 .collect(),
         };
-        known.insert(
-            id.to_owned(),
-            Known {
-                hash: h,
-                last_updated: msgs.last_updated.map(String::into_boxed_str),
-                attributes: msgs.attribute_names.into_iter().map(String::into_boxed_str).collect(),
-            },
-        );
+        let suffixes = msgs.messages.iter().map(|(suffix, _)| suffix.clone().into_boxed_str()).collect();
+        let last_updated = msgs.last_updated.clone().map(String::into_boxed_str);
+        known.insert(id.to_owned(), Known { hash: h, last_updated, suffixes });
         self.metrics.mirrored_entities.set(known.len() as i64);
-        let topic = msgs.messages[0].0.clone();
-        for (t, payload) in msgs.messages {
-            self.send(t, payload).await;
+        for (topic, payload) in msgs.topics() {
+            self.send(topic, payload.to_vec()).await;
         }
-        for gone in stale_attributes {
-            self.send(format!("{topic}/{gone}"), Vec::new()).await;
+        for suffix in gone {
+            self.send(StateMessages::topic(&msgs.base, &suffix), Vec::new()).await;
         }
         Published::Sent
     }
 
-    /// The entity no longer exists in HA: clear its retained topics.
+    /// The entity no longer exists in HA: clear its retained topics, the
+    /// main one last.
     pub async fn removed(&self, entity_id: &str) {
         self.export(entity_id, None);
         let mut known = self.known.lock().await;
         let Some(k) = known.remove(entity_id) else { return };
         self.metrics.mirrored_entities.set(known.len() as i64);
         let Some(entity) = EntityId::parse(entity_id) else { return };
-        let topic = self.prefix.state(&entity);
-        for a in k.attributes.iter() {
-            self.send(format!("{topic}/{a}"), Vec::new()).await;
+        let base = entity_base(&self.prefix, &self.layout, &entity);
+        for suffix in k.suffixes.iter().rev() {
+            self.send(StateMessages::topic(&base, suffix), Vec::new()).await;
         }
-        self.send(topic, Vec::new()).await;
     }
 
     /// A fresh snapshot of every state: publishes what changed and clears
@@ -318,9 +413,14 @@ impl StateOut {
         }
     }
 
-    /// The state payload alone (for MQTT 5 replies to a get).
+    /// The state payload alone (for MQTT 5 replies to a get): the JSON
+    /// document in either layout, so a reply is one message.
     pub fn payload(&self, state: &Value) -> Vec<u8> {
-        state_payload(&self.prefix, self.options, state)
+        let options = match &self.layout {
+            Layout::Json(options) => *options,
+            Layout::Statestream(_) => StateOptions::default(),
+        };
+        state_payload(&self.prefix, options, state)
     }
 
     pub async fn mirrored(&self) -> usize {
@@ -337,7 +437,7 @@ impl StateOut {
 
 /// The state payload alone (for MQTT 5 replies to a get).
 pub fn state_payload(prefix: &TopicPrefix, options: StateOptions, state: &Value) -> Vec<u8> {
-    state_messages(prefix, options, state)
+    state_messages(prefix, &Layout::Json(options), state)
         .map(|m| m.messages.into_iter().next().expect("the state topic is always first").1)
         .unwrap_or_else(|| json!({"state": null}).to_string().into_bytes())
 }
@@ -355,6 +455,16 @@ mod tests {
                "last_changed":"t1","last_updated":"t2","last_reported":"t3","context":{"id":"x"}})
     }
 
+    fn json_layout(options: StateOptions) -> Layout {
+        Layout::Json(options)
+    }
+
+    /// (topic, payload as text) of every message, in order.
+    fn published(layout: &Layout, state: &Value) -> Vec<(String, String)> {
+        let m = state_messages(&prefix(), layout, state).unwrap();
+        m.topics().map(|(t, p)| (t, String::from_utf8(p.to_vec()).unwrap())).collect()
+    }
+
     #[test]
     fn the_state_json_follows_the_options() {
         let table = [
@@ -370,10 +480,10 @@ mod tests {
             (StateOptions { timestamps: false, attributes: false, ..Default::default() }, json!({"state":"on"})),
         ];
         for (options, expected) in table {
-            let m = state_messages(&prefix(), options, &state()).unwrap();
-            assert_eq!(m.messages.len(), 1);
-            assert_eq!(m.messages[0].0, "gw/state/light/a");
-            assert_eq!(serde_json::from_slice::<Value>(&m.messages[0].1).unwrap(), expected, "{options:?}");
+            let m = published(&json_layout(options), &state());
+            assert_eq!(m.len(), 1);
+            assert_eq!(m[0].0, "gw/state/light/a");
+            assert_eq!(serde_json::from_str::<Value>(&m[0].1).unwrap(), expected, "{options:?}");
         }
     }
 
@@ -382,27 +492,81 @@ mod tests {
         // HA before 2024.4 has no `last_reported`: no null key appears for it.
         let mut old = state();
         old.as_object_mut().unwrap().remove("last_reported");
-        let options = StateOptions { attributes: false, ..Default::default() };
-        let m = state_messages(&prefix(), options, &old).unwrap();
-        let json: Value = serde_json::from_slice(&m.messages[0].1).unwrap();
+        let layout = json_layout(StateOptions { attributes: false, ..Default::default() });
+        let m = published(&layout, &old);
+        let json: Value = serde_json::from_str(&m[0].1).unwrap();
         assert_eq!(json, json!({"state":"on","last_changed":"t1","last_updated":"t2"}));
         // The stale-event check keeps comparing `last_updated`.
-        assert_eq!(state_messages(&prefix(), options, &state()).unwrap().last_updated.as_deref(), Some("t2"));
+        assert_eq!(state_messages(&prefix(), &layout, &state()).unwrap().last_updated.as_deref(), Some("t2"));
     }
 
     #[test]
     fn attribute_topics_carry_plain_values() {
-        let options = StateOptions { attribute_topics: true, ..Default::default() };
-        let m = state_messages(&prefix(), options, &state()).unwrap();
-        let topics: Vec<(&str, &str)> =
-            m.messages[1..].iter().map(|(t, p)| (t.as_str(), std::str::from_utf8(p).unwrap())).collect();
-        assert_eq!(topics, [("gw/state/light/a/brightness", "3"), ("gw/state/light/a/friendly_name", "A")]);
-        assert_eq!(m.attribute_names, ["brightness", "friendly_name"], "a name with '/' is skipped");
+        let layout = json_layout(StateOptions { attribute_topics: true, ..Default::default() });
+        let m = published(&layout, &state());
+        let topics: Vec<(&str, &str)> = m[1..].iter().map(|(t, p)| (t.as_str(), p.as_str())).collect();
+        assert_eq!(
+            topics,
+            [("gw/state/light/a/brightness", "3"), ("gw/state/light/a/friendly_name", "A")],
+            "a name with '/' is skipped"
+        );
     }
 
     #[test]
     fn states_without_a_valid_entity_id_are_ignored() {
-        assert!(state_messages(&prefix(), StateOptions::default(), &json!({"state":"on"})).is_none());
-        assert!(state_messages(&prefix(), StateOptions::default(), &json!({"entity_id":"Light.A"})).is_none());
+        let layout = Layout::default();
+        assert!(state_messages(&prefix(), &layout, &json!({"state":"on"})).is_none());
+        assert!(state_messages(&prefix(), &layout, &json!({"entity_id":"Light.A"})).is_none());
+    }
+
+    fn statestream(base: &str, publish_attributes: bool, publish_timestamps: bool) -> Layout {
+        Layout::Statestream(Statestream {
+            base_topic: TopicPrefix::new(base).unwrap(),
+            publish_attributes,
+            publish_timestamps,
+        })
+    }
+
+    /// What HA's `mqtt_statestream` publishes for one state, in its order.
+    #[test]
+    fn statestream_publishes_what_home_assistant_publishes() {
+        let sensor = json!({
+            "entity_id": "sensor.living_room_temperature", "state": "21.5",
+            "attributes": {"unit_of_measurement": "°C", "friendly_name": "Living room",
+                           "values": [1, 2.5, "x"], "nested": {"b": null, "a": true}, "a/b": 1, "bad+": 2},
+            "last_changed": "2024-03-10T12:00:00+00:00", "last_updated": "2024-03-10T12:00:01.500000+00:00",
+            "last_reported": "2024-03-10T12:00:02+00:00", "context": {"id": "x"}
+        });
+        let base = "homestate/sensor/living_room_temperature";
+        let state = (format!("{base}/state"), "21.5".to_owned());
+        let stamps = [
+            (format!("{base}/last_updated"), "2024-03-10T12:00:01.500000+00:00".to_owned()),
+            (format!("{base}/last_changed"), "2024-03-10T12:00:00+00:00".to_owned()),
+        ];
+        let attributes = [
+            (format!("{base}/unit_of_measurement"), r#""\u00b0C""#.to_owned()),
+            (format!("{base}/friendly_name"), r#""Living room""#.to_owned()),
+            (format!("{base}/values"), r#"[1, 2.5, "x"]"#.to_owned()),
+            (format!("{base}/nested"), r#"{"b": null, "a": true}"#.to_owned()),
+            (format!("{base}/a/b"), "1".to_owned()),
+        ];
+        let table = [
+            (false, false, vec![state.clone()]),
+            (false, true, [vec![state.clone()], stamps.to_vec()].concat()),
+            (true, false, [vec![state.clone()], attributes.to_vec()].concat()),
+            (true, true, [vec![state.clone()], stamps.to_vec(), attributes.to_vec()].concat()),
+        ];
+        for (attributes, timestamps, expected) in table {
+            let got = published(&statestream("homestate", attributes, timestamps), &sensor);
+            assert_eq!(got, expected, "publish_attributes = {attributes}, publish_timestamps = {timestamps}");
+        }
+    }
+
+    #[test]
+    fn statestream_takes_a_base_of_several_levels_and_any_state_text() {
+        let layout = statestream("home/states", false, true);
+        // No timestamps in the state object (a get's answer has them; be safe): none published.
+        let got = published(&layout, &json!({"entity_id": "input_text.note", "state": "Grüße, \"x\""}));
+        assert_eq!(got, [("home/states/input_text/note/state".to_owned(), "Grüße, \"x\"".to_owned())]);
     }
 }

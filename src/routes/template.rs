@@ -215,7 +215,8 @@ mod tests {
     fn templates_render_like_home_assistants() {
         let table = [
             ("{{ value_json.action }}", r#"{"action":"single"}"#, Value::from("single")),
-            ("{{ value | float * 2.55 }}", "50", Value::from(127.5)),
+            // As in HA (Python): 50 * 2.55 is 127.49999999999999 in binary floats.
+            ("{{ value | float * 2.55 }}", "50", Value::from(127.49999999999999)),
             ("{{ (value | float * 2.55) | int }}", "50", Value::from(127)),
             ("{{ topic[1] }}", "x", Value::from("hall_button")),
             ("{{ topic[-1] }}", "x", Value::from("hall_button")),

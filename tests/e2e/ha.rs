@@ -154,16 +154,21 @@ impl Ha {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// `GET /api/states/<entity>` with the admin token.
-    pub async fn state(&self, entity: &str) -> Value {
+    /// `GET /api/states/<entity>` with the admin token; `None` while HA
+    /// does not know the entity.
+    pub async fn maybe_state(&self, entity: &str) -> Option<Value> {
         let r = reqwest::Client::new()
             .get(format!("{}/api/states/{entity}", self.url))
             .bearer_auth(&self.admin_token)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "state of {entity}");
-        r.json().await.unwrap()
+        (r.status() == 200).then_some(r.json().await.unwrap())
+    }
+
+    /// `GET /api/states/<entity>` with the admin token.
+    pub async fn state(&self, entity: &str) -> Value {
+        self.maybe_state(entity).await.unwrap_or_else(|| panic!("state of {entity}: not found"))
     }
 
     /// Waits until `pred(state(entity))` holds.

@@ -3,6 +3,7 @@
 //! script, real long-lived tokens). Every test runs against each
 //! [`Release`]: `ha_2024_3::…` and `ha_2026_2::…` (see [`for_each_release`]).
 
+mod ecosystem;
 mod ha;
 
 #[allow(dead_code)]
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use ecosystem::{statestream_matches_home_assistants_own, the_gateway_is_a_device_in_home_assistant};
 use ha::{Ha, Release};
 use support::{Broker, Gateway, TestClient, PREFIX};
 
@@ -27,6 +29,12 @@ struct Rig {
     token_file: std::path::PathBuf,
 }
 
+impl Rig {
+    fn broker_port(&self) -> u16 {
+        self._broker.port
+    }
+}
+
 /// Whose token the gateway uses.
 #[derive(Clone, Copy, PartialEq)]
 enum Token {
@@ -38,6 +46,12 @@ enum Token {
 
 /// Broker + real HA + gateway (token from a file in the rig's temp dir).
 async fn rig(release: Release, test: &str, token: Token, overrides: &[(&str, &str)]) -> Option<Rig> {
+    rig_with(release, test, token, overrides, false).await
+}
+
+/// [`rig`]; with `reload`, the gateway reloads its rules on SIGHUP's
+/// equivalent, as the binary does.
+async fn rig_with(release: Release, test: &str, token: Token, overrides: &[(&str, &str)], reload: bool) -> Option<Rig> {
     let test = &format!("{test}_{}", release.name().replace('.', "_"));
     let broker = Broker::start(test)?;
     let ha = tokio::task::spawn_blocking({
@@ -72,7 +86,7 @@ async fn rig(release: Release, test: &str, token: Token, overrides: &[(&str, &st
         ],
     )
     .await;
-    let gateway = Gateway::start(&config, &overrides).await;
+    let gateway = Gateway::start_with(&config, &overrides, reload).await;
     client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
     Some(Rig { _broker: broker, ha, client, gateway, dir, token_file })
 }
@@ -532,6 +546,8 @@ for_each_release! {
         a_plain_sensor_value_route_sets_a_real_input_number,
         service_responses_come_back_where_home_assistant_gives_them,
         mqtt_eventstream_call_service_events_run,
+        statestream_matches_home_assistants_own,
+        the_gateway_is_a_device_in_home_assistant,
     ],
     since_2024_4: [labels_and_floors_are_targets_since_2024_4],
 }

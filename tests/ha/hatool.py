@@ -626,7 +626,48 @@ async def cmd_floor(session: aiohttp.ClientSession, st: State, args: argparse.Na
     print(floor_id)
 
 
+async def mqtt_entries(session: aiohttp.ClientSession, st: State) -> list[dict]:
+    _, entries = await http(
+        session, st, "GET", "/api/config/config_entries/entry?domain=mqtt", token=st.read("admin.token")
+    )
+    return [e for e in entries if e.get("domain") == "mqtt"]
+
+
+async def cmd_mqtt(session: aiohttp.ClientSession, st: State, args: argparse.Namespace) -> None:
+    """HA's MQTT integration as a config entry, through the config flow the
+    UI runs: handler `mqtt`, then the `broker` step. Prints the entry id once
+    the entry is loaded (connected or not: HA keeps retrying)."""
+    token = st.read("admin.token")
+    entries = await mqtt_entries(session, st)
+    if entries:
+        log(f"mqtt entry {entries[0]['entry_id']} exists; keeping it")
+    else:
+        _, step = await http(
+            session, st, "POST", "/api/config/config_entries/flow",
+            token=token, json_body={"handler": "mqtt", "show_advanced_options": False},
+        )
+        if step.get("type") != "form" or step.get("step_id") != "broker":
+            raise Fail(f"the mqtt config flow did not ask for the broker: {step}")
+        _, done = await http(
+            session, st, "POST", f"/api/config/config_entries/flow/{step['flow_id']}",
+            token=token, json_body={"broker": args.host, "port": args.port},
+        )
+        if done.get("type") != "create_entry":
+            raise Fail(f"the mqtt config flow did not create an entry: {done}")
+        log(f"mqtt entry created for {args.host}:{args.port}")
+    deadline = asyncio.get_running_loop().time() + args.timeout
+    while True:
+        entries = await mqtt_entries(session, st)
+        if entries and entries[0].get("state") == "loaded":
+            print(entries[0]["entry_id"])
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise Fail(f"the mqtt entry is not loaded after {args.timeout} s: {entries}")
+        await asyncio.sleep(0.1)
+
+
 COMMANDS = {
+    "mqtt": cmd_mqtt,
     "onboard": cmd_onboard,
     "check": cmd_check,
     "new-token": cmd_new_token,
@@ -670,6 +711,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = add("floor", "create a floor (HA 2024.4+) and put an area on it")
     p.add_argument("--name", required=True)
     p.add_argument("--area", required=True, help="area name or area_id (created if missing)")
+    p = add("mqtt", "set up HA's MQTT integration (config entry) for a broker")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--timeout", type=float, default=30, help="seconds until loaded (default 30)")
     return parser.parse_args(argv)
 
 

@@ -426,6 +426,11 @@ async fn a_proxy_answering_429_pauses_all_calls_for_retry_after_and_nothing_is_l
     let gateway = Gateway::start(&config, &[("HOME_ASSISTANT__MAX_ATTEMPTS", "10")]).await;
     let mut client = TestClient::connect(rig.broker.port, "chaos-429", &[&format!("{PREFIX}/status")]).await;
     client.expect(&format!("{PREFIX}/status"), T, |m| &m.payload[..] == b"online").await;
+    // The mirror's reads (version, services, states) and the first probe
+    // pass the same proxy: done before it refuses, or a 429 met by one of
+    // them counts as a refused call (seen on a loaded machine: 9 refused).
+    gateway.wait_metric("ha_websocket_connected", T, |v| v == 1.0).await;
+    gateway.wait_metric("ha_up", T, |v| v == 1.0).await;
     // Retry-After of 4 s: wide enough that a slow test (a loaded machine)
     // lets traffic through before any refused call tries again.
     proxy.set(Mode::TooManyRequests(4));

@@ -580,3 +580,45 @@ async fn mqtt_eventstream_publishers_get_their_calls_run() {
     assert_eq!(rig.ha.calls().len(), 1, "the denied call never reached HA");
     rig.gateway.stop().await;
 }
+
+/// `config/examples/gateway/mqtt-statestream.toml`, merged into a
+/// gateway.toml: HA's `mqtt_statestream` topics for the entities its filters
+/// name, dumped at start; and docs/migration.md shows exactly its settings.
+#[tokio::test]
+async fn the_statestream_example_publishes_what_mqtt_statestream_did() {
+    let example = read_example("gateway/mqtt-statestream.toml");
+    let guide = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/migration.md")).unwrap();
+    let settings: String =
+        example.lines().skip_while(|l| l.starts_with('#') || l.is_empty()).map(|l| format!("{l}\n")).collect();
+    assert!(guide.contains(&settings), "docs/migration.md shows the example's settings:\n{settings}");
+
+    let Some(base) = crate::support::rig("ex_statestream").await else { return };
+    let config = std::fs::read_to_string(&base.config).unwrap() + &example;
+    std::fs::write(&base.config, config).unwrap();
+    base.ha.set_state("light.kitchen", "on", json!({"brightness": 128, "friendly_name": "Küche"}));
+    base.ha.set_state("light.hall", "off", json!({}));
+    base.ha.set_state("sensor.living_room_temperature", "21.5", json!({"unit_of_measurement": "°C"}));
+    base.ha.set_state("switch.fan_plug", "on", json!({}));
+    let gateway = Gateway::start(&base.config, &[]).await;
+    let port = base.broker.port;
+    let mut watcher = TestClient::connect(port, "ex-statestream", &["homestate/#"]).await;
+    watcher.expect("homestate/sensor/living_room_temperature/state", T, |m| &m.payload[..] == b"21.5").await;
+    let tree: Vec<(String, String)> = TestClient::retained(port, "homestate", T)
+        .await
+        .into_iter()
+        .filter(|(t, _)| !t.ends_with("/last_updated") && !t.ends_with("/last_changed"))
+        .map(|(t, p)| (t, String::from_utf8(p.to_vec()).unwrap()))
+        .collect();
+    let expected = [
+        ("homestate/light/kitchen/brightness", "128"),
+        ("homestate/light/kitchen/friendly_name", r#""K\u00fcche""#),
+        ("homestate/light/kitchen/state", "on"),
+        ("homestate/sensor/living_room_temperature/state", "21.5"),
+        ("homestate/sensor/living_room_temperature/unit_of_measurement", r#""\u00b0C""#),
+    ];
+    let expected: Vec<(String, String)> = expected.iter().map(|(t, p)| (t.to_string(), p.to_string())).collect();
+    assert_eq!(tree, expected, "light.hall excluded, switch.fan_plug not included");
+    let stamps = TestClient::retained(port, "homestate/light/kitchen", T).await;
+    assert!(stamps.contains_key("homestate/light/kitchen/last_updated"), "{stamps:?}");
+    gateway.stop().await;
+}

@@ -5,6 +5,7 @@ mod chaos;
 mod commands;
 mod config_cli;
 mod delivery;
+mod discovery;
 mod examples;
 mod faults;
 mod hostile;

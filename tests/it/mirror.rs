@@ -223,3 +223,65 @@ async fn a_session_failing_after_authentication_backs_off() {
     env.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"online").await;
     env.gateway.stop().await;
 }
+
+const STATESTREAM: &[(&str, &str)] = &[
+    ("STATE__LAYOUT", "statestream"),
+    ("STATE__STATESTREAM__BASE_TOPIC", "homestate"),
+    ("STATE__STATESTREAM__PUBLISH_ATTRIBUTES", "true"),
+    ("STATE__STATESTREAM__PUBLISH_TIMESTAMPS", "true"),
+];
+
+fn text(tree: &std::collections::BTreeMap<String, bytes::Bytes>, topic: &str) -> Option<String> {
+    tree.get(topic).map(|p| String::from_utf8(p.to_vec()).unwrap())
+}
+
+/// `layout = "statestream"`: HA's `mqtt_statestream` topics, plus what it
+/// lacks — every current state at start, cleared topics for a removed
+/// attribute or entity, include/exclude, a resync after a gap.
+#[tokio::test]
+async fn the_statestream_layout_dumps_at_start_follows_changes_and_clears_what_is_gone() {
+    let Some(mut env) = mirrored_env("mirror_statestream", STATESTREAM).await else { return };
+    let port = env.broker.port;
+    let mut stream = crate::support::TestClient::connect(port, "statestream-watcher", &["homestate/#"]).await;
+    stream.expect("homestate/sensor/t/state", T, |m| &m.payload[..] == b"21.5").await;
+    let tree = crate::support::TestClient::retained(port, "homestate", T).await;
+    let light = env.ha.state("light.a").unwrap();
+    let expected = [
+        ("homestate/light/a/state", "on".to_owned()),
+        ("homestate/light/a/brightness", "10".to_owned()),
+        ("homestate/light/a/last_updated", light["last_updated"].as_str().unwrap().to_owned()),
+        ("homestate/light/a/last_changed", light["last_changed"].as_str().unwrap().to_owned()),
+        ("homestate/sensor/t/state", "21.5".to_owned()),
+        ("homestate/sensor/t/unit_of_measurement", r#""\u00b0C""#.to_owned()),
+    ];
+    for (topic, payload) in &expected {
+        assert_eq!(text(&tree, topic).as_deref(), Some(payload.as_str()), "{topic} in {tree:?}");
+    }
+    assert_eq!(tree.len(), 8, "light.a and sensor.t only (battery excluded, switch not included): {tree:?}");
+    let json_layout = crate::support::TestClient::retained(port, &format!("{PREFIX}/state"), T).await;
+    assert!(json_layout.is_empty(), "no json layout beside it: {json_layout:?}");
+
+    // A change that drops an attribute: the new values, and the attribute's topic cleared.
+    env.ha.set_state("sensor.t", "22.0", json!({"values": [1, 2.5], "nested": {"k": "ü"}}));
+    stream.expect("homestate/sensor/t/state", T, |m| &m.payload[..] == b"22.0").await;
+    stream.expect("homestate/sensor/t/unit_of_measurement", T, |m| m.payload.is_empty()).await;
+    let tree = crate::support::TestClient::retained(port, "homestate/sensor", T).await;
+    assert_eq!(text(&tree, "homestate/sensor/t/values").as_deref(), Some("[1, 2.5]"));
+    assert_eq!(text(&tree, "homestate/sensor/t/nested").as_deref(), Some(r#"{"k": "\u00fc"}"#));
+    assert!(!tree.contains_key("homestate/sensor/t/unit_of_measurement"), "{tree:?}");
+
+    // Removed in HA: every topic of it cleared.
+    env.ha.remove_state("sensor.t");
+    stream.expect("homestate/sensor/t/state", T, |m| m.payload.is_empty()).await;
+    let tree = crate::support::TestClient::retained(port, "homestate/sensor", T).await;
+    assert!(tree.is_empty(), "nothing of sensor.t is left: {tree:?}");
+
+    // Changes during a websocket gap arrive with the resync.
+    env.ha.drop_websockets(true);
+    env.client.expect(&format!("{PREFIX}/ha_status"), T, |m| &m.payload[..] == b"offline").await;
+    env.ha.set_state("light.a", "off", json!({}));
+    env.ha.accept_websockets();
+    stream.expect("homestate/light/a/state", T, |m| &m.payload[..] == b"off").await;
+    stream.expect("homestate/light/a/brightness", T, |m| m.payload.is_empty()).await;
+    env.gateway.stop().await;
+}

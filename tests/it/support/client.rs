@@ -191,6 +191,31 @@ impl TestClient {
         self.expect(topic, Duration::from_secs(10), |_| true).await.json()
     }
 
+    /// The retained messages under `base` (`base/#`) on the broker at `port`,
+    /// topic → payload: a new client subscribes, then publishes a marker
+    /// under `base`; the broker sends the retained messages before it.
+    pub async fn retained(port: u16, base: &str, timeout: Duration) -> std::collections::BTreeMap<String, Bytes> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let id = format!("retained-reader-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let mut reader = TestClient::connect(port, &id, &[&format!("{base}/#")]).await;
+        let marker = format!("{base}/~end-of-retained~/{id}");
+        reader.publish(&marker, "").await;
+        let mut tree = std::collections::BTreeMap::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, reader.rx.recv()).await {
+                Ok(Some(m)) if m.topic == marker => break,
+                Ok(Some(m)) if m.retain => {
+                    tree.insert(m.topic, m.payload);
+                }
+                Ok(Some(_)) => {}
+                _ => panic!("no end marker under {base} within {timeout:?}"),
+            }
+        }
+        let _ = reader.client.disconnect().await;
+        tree
+    }
+
     /// Collects messages on topics starting with `prefix` until `n` arrived.
     pub async fn collect(&mut self, prefix: &str, n: usize, timeout: Duration) -> Vec<Message> {
         let deadline = Instant::now() + timeout;
