@@ -25,6 +25,7 @@ use crate::command::ErrorCode;
 use crate::metrics::Metrics;
 use crate::mirror::StateOut;
 use crate::topic::TopicPrefix;
+use crate::ui::Journal;
 
 pub use crate::command::Report;
 
@@ -227,6 +228,8 @@ pub struct Publisher {
     /// `limits.max_result_bytes`: results with a larger service response go without it.
     pub max_result_bytes: usize,
     warned: HashMap<ErrorCode, Warnings>,
+    /// The web console's record of outcomes (`[ui] enabled`).
+    journal: Option<Arc<Journal>>,
 }
 
 /// At most one warning per error code in this interval; the rest are counted.
@@ -241,7 +244,13 @@ impl Publisher {
         acks: mpsc::UnboundedSender<AckMsg>,
         max_result_bytes: usize,
     ) -> Self {
-        Self { client, prefix, states, metrics, acks, max_result_bytes, warned: HashMap::new() }
+        Self { client, prefix, states, metrics, acks, max_result_bytes, warned: HashMap::new(), journal: None }
+    }
+
+    /// Also records every outcome for the web console.
+    pub fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
+        self.journal = journal;
+        self
     }
 
     /// Runs until every sender of `input` is gone.
@@ -259,6 +268,10 @@ impl Publisher {
         self.metrics.outcome(&report.outcome);
         self.metrics.command_latency.observe(report.received_at.elapsed().as_secs_f64());
         self.log(&report);
+        if let Some(journal) = &self.journal {
+            let dead = report.origin.is_some() && report.outcome.error.is_some_and(is_dead_letter);
+            journal.record(&mut report, dead);
+        }
         match report.outcome.error {
             // Not final: unacked, so the broker redelivers it to the next session.
             Some(ErrorCode::ShuttingDown) => return,
@@ -364,6 +377,7 @@ mod tests {
             route: None,
             call: None,
             origin: None,
+            action: None,
             backlog: None,
         }
     }
