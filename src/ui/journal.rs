@@ -295,7 +295,7 @@ impl Journal {
             })
             .collect();
         let now = SystemTime::now();
-        let mut entry = Entry {
+        let entry = Entry {
             id: 0,
             at: now,
             seq: report.seq,
@@ -312,8 +312,7 @@ impl Journal {
             attempts: o.attempts,
             changed,
         };
-        let retries = o.attempts.saturating_sub(1);
-        let sample = Sample { ok: o.error.is_none(), retries, dead_letter };
+        let sample = Sample { ok: o.error.is_none(), retries: o.attempts.saturating_sub(1), dead_letter };
         let dead = dead_letter.then(|| DeadLetter {
             id: 0,
             at: now,
@@ -325,14 +324,20 @@ impl Journal {
             route: report.route.clone(),
             detail: o.detail.clone(),
         });
+        self.insert(entry, Some(sample), dead);
+    }
+
+    /// Adds an entry (and its dead letter), counts it, wakes the streams.
+    fn insert(&self, mut entry: Entry, sample: Option<Sample>, dead: Option<DeadLetter>) {
         let second = self.now();
         let mut inner = self.lock();
         inner.next_id += 1;
         entry.id = inner.next_id;
-        let key = outcome_name(entry.error, &entry.matched);
-        *inner.outcomes.entry(key).or_default() += 1;
-        inner.retries += u64::from(retries);
-        inner.series.add(second, sample);
+        *inner.outcomes.entry(outcome_name(entry.error, &entry.matched)).or_default() += 1;
+        if let Some(sample) = sample {
+            inner.retries += u64::from(sample.retries);
+            inner.series.add(second, sample);
+        }
         inner.entries.push(Arc::new(entry), 0, |_| 0);
         if let Some(mut dead) = dead {
             dead.id = inner.next_id;
@@ -362,13 +367,7 @@ impl Journal {
             attempts: 0,
             changed: Vec::new(),
         };
-        let mut inner = self.lock();
-        inner.next_id += 1;
-        let entry = Entry { id: inner.next_id, ..entry };
-        *inner.outcomes.entry("no_route").or_default() += 1;
-        inner.entries.push(Arc::new(entry), 0, |_| 0);
-        drop(inner);
-        self.changed.notify_waiters();
+        self.insert(entry, None, None);
     }
 
     /// Woken after each new entry. Create (and `enable`) it before looking,

@@ -18,3 +18,4 @@ mod scale;
 mod supervision;
 mod support;
 mod transport;
+mod ui;
