@@ -429,7 +429,7 @@ impl Journal {
             .series
             .chart(now, chart_buckets)
             .iter()
-            .map(|b| json!({"ago": now - b.start, "ok": b.ok, "failed": b.failed}))
+            .map(|(ago, b)| json!({"ago": ago, "ok": b.ok, "failed": b.failed}))
             .collect();
         json!({
             "outcomes": inner.outcomes,

@@ -81,16 +81,21 @@ impl Series {
         self.within(now, 3600).map(|b| u64::from(b.dead_letters)).sum()
     }
 
-    /// The last `count` buckets up to `now`, oldest first, empty ones filled in.
-    pub fn chart(&self, now: u64, count: usize) -> Vec<Bucket> {
+    /// The last `count` buckets up to `now`, oldest first, empty ones
+    /// filled in (also before the start), each with how long ago it began.
+    pub fn chart(&self, now: u64, count: usize) -> Vec<(u64, Bucket)> {
         let last = now - now % STEP;
-        let first = last.saturating_sub(STEP * (count as u64).saturating_sub(1));
-        let mut out: Vec<Bucket> =
-            (first..=last).step_by(STEP as usize).map(|start| Bucket { start, ..Bucket::default() }).collect();
-        for b in self.buckets.iter().filter(|b| b.start >= first && b.start <= last) {
-            out[((b.start - first) / STEP) as usize] = *b;
-        }
-        out
+        (0..count as u64)
+            .rev()
+            .map(|back| {
+                let ago = now - last + back * STEP;
+                let bucket = last
+                    .checked_sub(back * STEP)
+                    .and_then(|start| self.buckets.iter().find(|b| b.start == start).copied())
+                    .unwrap_or_default();
+                (ago, bucket)
+            })
+            .collect()
     }
 
     #[cfg(test)]
@@ -134,9 +139,11 @@ mod tests {
             s.add(t, OK);
         }
         s.add(126, DEAD);
-        let chart = s.chart(130, 4);
-        let counts: Vec<(u64, u32, u32, u32)> = chart.iter().map(|b| (b.start, b.ok, b.failed, b.retries)).collect();
-        assert_eq!(counts, vec![(100, 2, 0, 0), (110, 0, 0, 0), (120, 1, 1, 2), (130, 0, 0, 0)]);
+        let chart = s.chart(131, 4);
+        let counts: Vec<(u64, u32, u32, u32)> =
+            chart.iter().map(|(ago, b)| (*ago, b.ok, b.failed, b.retries)).collect();
+        assert_eq!(counts, vec![(31, 2, 0, 0), (21, 0, 0, 0), (11, 1, 1, 2), (1, 0, 0, 0)]);
+        assert_eq!(s.chart(5, 3).len(), 3, "as many points before the start");
         // A day of traffic keeps one hour.
         for t in 0..86_400 {
             s.add(200 + t, OK);

@@ -14,7 +14,7 @@ function el(tag, attrs, ...children) {
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -206,13 +206,13 @@ function chart(points, step) {
   const max = Math.max(1, ...points.map((p) => p.ok + p.failed));
   const bw = w / n;
   points.forEach((p, i) => {
-    for (const [value, base, cls] of [[p.ok, 0, "var(--ok)"], [p.failed, p.ok, "var(--err)"]]) {
+    for (const [value, base, cls] of [[p.ok, 0, "ok"], [p.failed, p.ok, "failed"]]) {
       if (!value) continue;
       const r = document.createElementNS(ns, "rect");
       const y = h - ((base + value) / max) * (h - 10);
       r.setAttribute("x", String(i * bw + 1)); r.setAttribute("width", String(Math.max(1, bw - 2)));
       r.setAttribute("y", String(y)); r.setAttribute("height", String((value / max) * (h - 10)));
-      r.setAttribute("style", "fill:" + cls);
+      r.setAttribute("class", cls);
       const t = document.createElementNS(ns, "title");
       t.textContent = `${p.ago}s ago: ${p.ok} ok, ${p.failed} failed (per ${step}s)`;
       r.append(t);
@@ -224,7 +224,6 @@ function chart(points, step) {
 
 async function refreshStatus() {
   clearTimeout(state.statusTimer);
-  if (state.tab !== "status" && state.tab !== "live") return;
   try {
     const s = await api("status");
     const ha = s.home_assistant;
