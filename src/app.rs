@@ -311,7 +311,10 @@ impl ConsoleParts {
             replays: self.replays,
             health: Arc::clone(health),
             slots: Arc::clone(slots),
-            gate: gate.clone(),
+            gate_open: {
+                let gate = gate.clone();
+                Arc::new(move || gate.is_open())
+            },
             known: known.clone(),
             metrics: metrics.clone(),
             dry_run: self.dry_run,

@@ -194,8 +194,9 @@ fn load_routes_dir(config_file: &Path) -> Result<Vec<(RawRoute, String)>, Config
     for f in files {
         match Figment::new().merge(Toml::file(&f)).extract::<raw::RawRoutesFile>() {
             Ok(file) => {
-                let mut lines = sources::of_file(&f, &std::fs::read_to_string(&f).unwrap_or_default()).routes;
-                lines.resize(file.route.len(), f.display().to_string());
+                let name = sources::shown(config_file, &f);
+                let mut lines = sources::of_file(&name, &std::fs::read_to_string(&f).unwrap_or_default()).routes;
+                lines.resize(file.route.len(), name);
                 routes.extend(file.route.into_iter().zip(lines));
             }
             Err(e) => {

@@ -38,7 +38,7 @@ pub struct RawConfig {
 pub struct RawUi {
     /// Serve the console (live view, route tester, status, dead letters, config).
     pub enabled: bool,
-    /// Messages the live view keeps (a ring buffer), 1 to 100000.
+    /// Messages the live view keeps (a ring buffer), 1 to 10000.
     pub history: usize,
     /// The console's password (prefer `password_file`); never printed.
     /// Required when `metrics.listen` is not 127.0.0.1 or [::1].

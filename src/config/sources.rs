@@ -48,10 +48,17 @@ pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
-/// `path:line` of each `[[route]]` in `text` and of each `[access]` key.
-pub fn of_file(path: &Path, text: &str) -> Sources {
+/// `path` as the console shows it: relative to the directory of the
+/// config file (`gateway.toml`, `routes.d/devices.toml`).
+pub fn shown(config_file: &Path, path: &Path) -> String {
+    let dir = config_file.parent().unwrap_or(Path::new(""));
+    path.strip_prefix(dir).unwrap_or(path).display().to_string()
+}
+
+/// `name:line` of each `[[route]]` in `text` and of each `[access]` key.
+pub fn of_file(name: &str, text: &str) -> Sources {
     let Ok(spans) = toml::from_str::<FileSpans>(text) else { return Sources::default() };
-    let at = |offset: usize| format!("{}:{}", path.display(), line_of(text, offset));
+    let at = |offset: usize| format!("{name}:{}", line_of(text, offset));
     let mut sources =
         Sources { routes: spans.route.iter().map(|r| at(r.span().start)).collect(), ..Sources::default() };
     if let Some(access) = spans.access {
@@ -76,7 +83,7 @@ pub fn of_file(path: &Path, text: &str) -> Sources {
 /// such as `access.allow_services`) replaced.
 pub fn of_config_file(path: &Path, env: &[String], route_count: usize) -> Sources {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut sources = of_file(path, &text);
+    let mut sources = of_file(&shown(path, path), &text);
     let var = |key: &str| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "__"));
     for key in env {
         if key == "route" || sources.routes.len() != route_count {
@@ -167,7 +174,7 @@ service = "light.toggle"
 
     #[test]
     fn each_route_and_access_key_has_its_line() {
-        let s = of_file(Path::new("gateway.toml"), FILE);
+        let s = of_file("gateway.toml", FILE);
         assert_eq!(s.routes, vec!["gateway.toml:12", "gateway.toml:17"]);
         let access: Vec<(&str, &str)> = s.access.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(access, vec![("access.allow_services", "gateway.toml:6"), ("access.rule[0]", "gateway.toml:8")]);
@@ -180,7 +187,7 @@ service = "light.toggle"
         std::fs::write(&path, FILE).unwrap();
         let s = of_config_file(&path, &["access.allow_services".to_owned()], 2);
         assert_eq!(s.access["access.allow_services"], "MQTT_HA_GATEWAY_ACCESS__ALLOW_SERVICES");
-        assert!(s.access["access.rule[0]"].ends_with("gateway.toml:8"));
+        assert_eq!(s.access["access.rule[0]"], "gateway.toml:8", "shown relative to the config's directory");
         let s = of_config_file(&path, &["route".to_owned()], 1);
         assert_eq!(s.routes, vec!["MQTT_HA_GATEWAY_ROUTE"]);
     }

@@ -208,7 +208,7 @@ async fn status(State(c): State<Console>, headers: HeaderMap) -> Response {
         "home_assistant": {
             "reachable": Health::get(&h.ha_reachable),
             "token_accepted": Health::get(&h.ha_token_ok),
-            "auth_gate": if c.gate.is_open() { "open" } else { "closed: the token was refused; nothing is sent until it changes or a probe passes" },
+            "auth_gate": if (c.gate_open)() { "open" } else { "closed: the token was refused; nothing is sent until it changes or a probe passes" },
             "websocket": c.metrics.ha_websocket_connected.get() == 1,
             "version": c.known.version().map(|v| v.to_string()),
         },

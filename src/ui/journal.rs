@@ -21,6 +21,9 @@ use crate::command::{Action, ErrorCode, Report};
 
 /// Payload bytes kept for the live view's preview.
 pub const PREVIEW_BYTES: usize = 256;
+/// A call's data is kept whole when its message was at most this large;
+/// beyond, only its target (the history must stay small).
+pub const CALL_BYTES: usize = 4096;
 /// Dead letters kept at most…
 pub const DEAD_LETTERS: usize = 100;
 /// …and their payloads' bytes at most (a dead letter's payload is kept whole, for replay).
@@ -53,6 +56,8 @@ pub struct Entry {
     /// `domain.service` of the call or of the result topic.
     pub service: Option<String>,
     pub action: Option<Action>,
+    /// The call's data was cut to its target ([`CALL_BYTES`]).
+    pub call_cut: bool,
     pub error: Option<ErrorCode>,
     pub detail: Option<String>,
     pub status: Option<u16>,
@@ -88,6 +93,7 @@ impl Entry {
         m.insert("matched".into(), matched);
         m.insert("service".into(), json!(self.service));
         let call = match &self.action {
+            Some(Action::Call(c)) if self.call_cut => json!({"service": c.name(), "data": c.data, "cut": true}),
             Some(Action::Call(c)) => json!({"service": c.name(), "data": c.data}),
             Some(Action::Get(entity)) => {
                 json!({"service": format!("{}.get", entity.domain), "entity_id": entity.to_string()})
@@ -104,6 +110,24 @@ impl Entry {
         let changed: Vec<Value> = self.changed.iter().map(|(e, s)| json!({"entity_id": e, "state": s})).collect();
         m.insert("changed".into(), Value::Array(changed));
         Value::Object(m)
+    }
+}
+
+/// The first [`PREVIEW_BYTES`] of `payload`, copied: the history must not
+/// keep whole messages alive.
+fn preview(payload: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(&payload[..payload.len().min(PREVIEW_BYTES)])
+}
+
+/// The action as the history keeps it: its data only when the message was
+/// small, else just its target. Whether it was cut.
+fn kept(action: Option<Action>, message_bytes: usize) -> (Option<Action>, bool) {
+    match action {
+        Some(Action::Call(mut call)) if message_bytes > CALL_BYTES => {
+            call.data.retain(|k, _| k == "entity_id");
+            (Some(Action::Call(call)), true)
+        }
+        other => (other, false),
     }
 }
 
@@ -295,16 +319,18 @@ impl Journal {
             })
             .collect();
         let now = SystemTime::now();
+        let (action, call_cut) = kept(report.action.take(), payload.len());
         let entry = Entry {
             id: 0,
             at: now,
             seq: report.seq,
             topic: Arc::clone(&topic),
-            preview: payload.slice(..payload.len().min(PREVIEW_BYTES)),
+            preview: preview(&payload),
             size: payload.len(),
             matched,
             service: report.service.as_ref().map(|(d, s)| format!("{d}.{s}")),
-            action: report.action.take(),
+            action,
+            call_cut,
             error: o.error,
             detail: o.detail.clone(),
             status: o.status,
@@ -355,11 +381,12 @@ impl Journal {
             at: SystemTime::now(),
             seq,
             topic: Arc::from(String::from_utf8_lossy(topic).as_ref()),
-            preview: payload.slice(..payload.len().min(PREVIEW_BYTES)),
+            preview: preview(payload),
             size: payload.len(),
             matched: Matched::NoRoute,
             service: None,
             action: None,
+            call_cut: false,
             error: None,
             detail: Some("every route skipped it (when false, or no map entry)".into()),
             status: None,
@@ -526,6 +553,20 @@ mod tests {
         assert_eq!(stats["dead_letters_last_hour"], 1);
     }
 
+    /// The history keeps a copy of the preview, not the message's buffer:
+    /// 500 entries of 1 MiB payloads must not hold 500 MiB.
+    #[test]
+    fn history_holds_no_reference_to_payloads() {
+        let j = Journal::new(10);
+        let payload = Bytes::from(vec![b'x'; 100_000]);
+        let mut r = report("t", "", "light.a", Outcome::done(200, vec![]));
+        r.origin = Some(Origin { topic: Arc::from("t"), payload: payload.clone() });
+        j.record(&mut r, false);
+        j.no_route(1, b"t", &payload, Instant::now());
+        drop(r);
+        assert!(payload.try_into_mut().is_ok(), "the journal shares the payload's buffer");
+    }
+
     #[test]
     fn previews_are_cut_and_say_so() {
         let j = Journal::new(2);
@@ -535,5 +576,13 @@ mod tests {
         assert_eq!(v["payload"].as_str().unwrap().len(), PREVIEW_BYTES);
         assert_eq!((v["size"].clone(), v["truncated"].clone()), (json!(PREVIEW_BYTES * 4), json!(true)));
         assert_eq!(v["call"], json!({"service": "light.toggle", "data": {"entity_id": "light.a"}}));
+        // A large message's call keeps its target only.
+        let mut r = report("t", &"y".repeat(CALL_BYTES + 1), "light.b", Outcome::done(200, vec![]));
+        if let Some(Action::Call(c)) = &mut r.action {
+            c.data.insert("big".into(), json!("z".repeat(CALL_BYTES)));
+        }
+        j.record(&mut r, false);
+        let v = j.recent(&Filter::default(), 1)[0].to_json();
+        assert_eq!(v["call"], json!({"service": "light.toggle", "data": {"entity_id": "light.b"}, "cut": true}));
     }
 }

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Rules;
-use crate::ha::{AuthGate, Known};
+use crate::ha::Known;
 use crate::metrics::{Health, Metrics};
 use crate::mirror::StateFilter;
 use crate::secret::SecretSource;
@@ -66,7 +66,7 @@ impl Default for UiConfig {
 /// `[ui] history` when unset.
 pub const DEFAULT_HISTORY: usize = 500;
 /// `[ui] history` at most.
-pub const MAX_HISTORY: usize = 100_000;
+pub const MAX_HISTORY: usize = 10_000;
 
 /// Whether a listener on `addr` is reachable from this machine only.
 /// Only 127.0.0.1 and ::1 count: another 127.x address is treated as any
@@ -155,7 +155,9 @@ pub struct Console {
     pub replays: mpsc::Sender<Replay>,
     pub health: Arc<Health>,
     pub slots: Arc<Slots>,
-    pub gate: AuthGate,
+    /// Whether the auth gate is open (the gate itself, which holds the
+    /// token, stays out of the console's reach).
+    pub gate_open: Arc<dyn Fn() -> bool + Send + Sync>,
     pub known: Known,
     pub metrics: Metrics,
     pub dry_run: bool,

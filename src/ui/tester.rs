@@ -52,6 +52,8 @@ fn call_json(action: &Action) -> Value {
 fn admitted_json(a: &Admitted) -> Value {
     json!({
         "route": a.route.as_deref(),
+        // A route that made a call had no `when`, or a true one.
+        "when": a.route.is_some().then_some(true),
         "result": "call",
         "call": call_json(&a.action),
         "access": {"allowed": true},

@@ -177,7 +177,8 @@ function resultView(r) {
   const title = r.route ? "route “" + r.route + "”" : "command topic";
   const parts = [el("h4", {}, title + " ", badge(r.result === "call" ? "ok" : r.result === "skipped" ? "no_route" : (r.access && r.access.code) || (r.error && r.error.code) || r.result))];
   if (r.result === "call") {
-    parts.push(el("div", { text: "would call " + r.call.service + " (access: allowed)" }), el("pre", { "data-testid": "test-call", text: pretty(r.call) }));
+    const when = r.when ? "when: true (or no condition) · " : "";
+    parts.push(el("div", { text: when + "would call " + r.call.service + " · access: allowed" }), el("pre", { "data-testid": "test-call", text: pretty(r.call) }));
   } else if (r.result === "skipped") {
     parts.push(el("div", { class: "muted", text: "skipped: " + r.reason }));
   } else if (r.result === "denied") {
