@@ -90,6 +90,35 @@ async fn live_page(addr: std::net::SocketAddr) -> usize {
     bytes
 }
 
+/// The console's one step on the command path, alone: `Journal::record`
+/// of a finished command (as the publisher calls it), `n` times, with the
+/// default history of 500; ns per outcome. No page open: nobody waits.
+fn journal_record(n: usize) {
+    use mqtt_ha_gateway::command::{Action, ErrorCode, Origin, Outcome, Report, ServiceCall};
+    use mqtt_ha_gateway::topic::Slug;
+    let journal = mqtt_ha_gateway::ui::Journal::new(500);
+    let payload = bytes::Bytes::from_static(br#"{"entity_id":"light.kitchen","brightness":128}"#);
+    let origin = Origin { topic: std::sync::Arc::from("ha-gateway/call/light/turn_on"), payload };
+    let data = json!({"entity_id": "light.kitchen", "brightness": 128}).as_object().unwrap().clone();
+    let call = ServiceCall::new(Slug::parse("light").unwrap(), Slug::parse("turn_on").unwrap(), data);
+    let changed = vec![json!({"entity_id": "light.kitchen", "state": "on", "attributes": {}})];
+    let reports: Vec<Report> = (0..n)
+        .map(|i| Report {
+            service: Some((call.domain.clone(), call.service.clone())),
+            origin: Some(origin.clone()),
+            action: Some(Action::Call(call.clone())),
+            outcome: Outcome { attempts: 1, ..Outcome::done(200, changed.clone()) },
+            ..Report::rejected(i as u64, Instant::now(), String::new(), ErrorCode::Expired, String::new())
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for r in reports {
+        journal.record(r, false);
+    }
+    let per = started.elapsed().as_secs_f64() * 1e9 / n as f64;
+    println!("console journal: {n} outcomes recorded at {per:.0} ns each (history 500, no page open)");
+}
+
 /// The web console's cost on the command path: the throughput run with
 /// `[ui]` off, on with no page open, and on with a page streaming every
 /// outcome.
@@ -529,6 +558,7 @@ fn main() {
             latency(m, 200).await;
         }
         if run("console") {
+            journal_record(if quick { 1_000 } else { 200_000 });
             console(n).await;
         }
         if run("process") {

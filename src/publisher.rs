@@ -268,17 +268,13 @@ impl Publisher {
         self.metrics.outcome(&report.outcome);
         self.metrics.command_latency.observe(report.received_at.elapsed().as_secs_f64());
         self.log(&report);
-        if let Some(journal) = &self.journal {
-            let dead = report.origin.is_some() && report.outcome.error.is_some_and(is_dead_letter);
-            journal.record(&mut report, dead);
-        }
         match report.outcome.error {
             // Not final: unacked, so the broker redelivers it to the next session.
-            Some(ErrorCode::ShuttingDown) => return,
+            Some(ErrorCode::ShuttingDown) => return self.record(report),
             // Flow control at work, not an error: counted, acked, no result.
             Some(ErrorCode::Debounced | ErrorCode::Throttled | ErrorCode::Coalesced) => {
                 let _ = self.acks.send(AckMsg::Complete(report.seq));
-                return;
+                return self.record(report);
             }
             _ => {}
         }
@@ -306,6 +302,15 @@ impl Publisher {
             }
         }
         let _ = self.acks.send(AckMsg::Complete(report.seq));
+        self.record(report);
+    }
+
+    /// Hands the finished report to the web console's journal, if it is on.
+    fn record(&self, report: Report) {
+        if let Some(journal) = &self.journal {
+            let dead = report.origin.is_some() && report.outcome.error.is_some_and(is_dead_letter);
+            journal.record(report, dead);
+        }
     }
 
     async fn publish_result(&self, report: &Report) {

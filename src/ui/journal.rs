@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::series::{Sample, Series};
 use crate::command::{Action, ErrorCode, Report};
+use crate::topic::Slug;
 
 /// Payload bytes kept for the live view's preview.
 pub const PREVIEW_BYTES: usize = 256;
@@ -54,7 +55,7 @@ pub struct Entry {
     pub size: usize,
     pub matched: Matched,
     /// `domain.service` of the call or of the result topic.
-    pub service: Option<String>,
+    pub service: Option<(Slug, Slug)>,
     pub action: Option<Action>,
     /// The call's data was cut to its target ([`CALL_BYTES`]).
     pub call_cut: bool,
@@ -91,7 +92,7 @@ impl Entry {
             Matched::NoRoute => json!({"kind": "no_route"}),
         };
         m.insert("matched".into(), matched);
-        m.insert("service".into(), json!(self.service));
+        m.insert("service".into(), json!(self.service.as_ref().map(|(d, s)| format!("{d}.{s}"))));
         let call = match &self.action {
             Some(Action::Call(c)) if self.call_cut => json!({"service": c.name(), "data": c.data, "cut": true}),
             Some(Action::Call(c)) => json!({"service": c.name(), "data": c.data}),
@@ -117,6 +118,15 @@ impl Entry {
 /// keep whole messages alive.
 fn preview(payload: &Bytes) -> Bytes {
     Bytes::copy_from_slice(&payload[..payload.len().min(PREVIEW_BYTES)])
+}
+
+/// (entity id, state) of a state HA reported changed, taken out of it.
+fn entity_state(mut state: Value) -> Option<(String, String)> {
+    match (state.get_mut("entity_id").map(Value::take), state.get_mut("state").map(Value::take)) {
+        (Some(Value::String(id)), Some(Value::String(s))) => Some((id, s)),
+        (Some(Value::String(id)), _) => Some((id, String::new())),
+        _ => None,
+    }
 }
 
 /// The action as the history keeps it: its data only when the message was
@@ -298,58 +308,50 @@ impl Journal {
         self.started.elapsed().as_secs()
     }
 
-    /// One final outcome, from the publisher. Takes the report's action
-    /// (the publisher is done with it); `dead_letter`: it was given up and
-    /// goes to the dead letters too.
-    pub fn record(&self, report: &mut Report, dead_letter: bool) {
-        let o = &report.outcome;
-        let (topic, payload) = match &report.origin {
-            Some(origin) => (Arc::clone(&origin.topic), origin.payload.clone()),
-            None => (Arc::from(report.topic.as_deref().unwrap_or("")), Bytes::new()),
+    /// One final outcome, from the publisher once it is done with the
+    /// report (its parts are moved here, not copied). `dead_letter`: it was
+    /// given up and goes to the dead letters too.
+    pub fn record(&self, report: Report, dead_letter: bool) {
+        let Report { seq, service, topic, outcome, received_at, route, origin, action, .. } = report;
+        let (topic, payload) = match origin {
+            Some(origin) => (origin.topic, origin.payload),
+            None => (Arc::from(topic.unwrap_or_default()), Bytes::new()),
         };
-        let matched = match &report.route {
+        let matched = match &route {
             Some(route) => Matched::Route(Arc::clone(route)),
             None => Matched::Command,
         };
-        let changed = o
-            .changed
-            .iter()
-            .filter_map(|s| {
-                Some((s.get("entity_id")?.as_str()?.to_owned(), s["state"].as_str().unwrap_or("").to_owned()))
-            })
-            .collect();
-        let now = SystemTime::now();
-        let (action, call_cut) = kept(report.action.take(), payload.len());
+        let sample = Sample { ok: outcome.error.is_none(), retries: outcome.attempts.saturating_sub(1), dead_letter };
+        let dead = dead_letter.then(|| DeadLetter {
+            id: 0,
+            at: SystemTime::now(),
+            topic: Arc::clone(&topic),
+            payload: payload.clone(),
+            reason: outcome.error.unwrap_or(ErrorCode::Expired),
+            attempts: outcome.attempts,
+            status: outcome.status,
+            route,
+            detail: outcome.detail.clone(),
+        });
+        let (action, call_cut) = kept(action, payload.len());
         let entry = Entry {
             id: 0,
-            at: now,
-            seq: report.seq,
-            topic: Arc::clone(&topic),
+            at: SystemTime::now(),
+            seq,
+            topic,
             preview: preview(&payload),
             size: payload.len(),
             matched,
-            service: report.service.as_ref().map(|(d, s)| format!("{d}.{s}")),
+            service,
             action,
             call_cut,
-            error: o.error,
-            detail: o.detail.clone(),
-            status: o.status,
-            duration: report.received_at.elapsed(),
-            attempts: o.attempts,
-            changed,
+            error: outcome.error,
+            detail: outcome.detail,
+            status: outcome.status,
+            duration: received_at.elapsed(),
+            attempts: outcome.attempts,
+            changed: outcome.changed.into_iter().filter_map(entity_state).collect(),
         };
-        let sample = Sample { ok: o.error.is_none(), retries: o.attempts.saturating_sub(1), dead_letter };
-        let dead = dead_letter.then(|| DeadLetter {
-            id: 0,
-            at: now,
-            topic,
-            payload,
-            reason: o.error.unwrap_or(ErrorCode::Expired),
-            attempts: o.attempts,
-            status: o.status,
-            route: report.route.clone(),
-            detail: o.detail.clone(),
-        });
         self.insert(entry, Some(sample), dead);
     }
 
@@ -472,7 +474,6 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::command::{Origin, Outcome, ServiceCall};
-    use crate::topic::Slug;
 
     fn report(topic: &str, payload: &str, entity: &str, outcome: Outcome) -> Report {
         let data = json!({"entity_id": entity}).as_object().unwrap().clone();
@@ -509,7 +510,7 @@ mod tests {
     fn history_is_bounded_and_ids_grow() {
         let j = Journal::new(3);
         for i in 0..5 {
-            j.record(&mut report("z2m/b", &i.to_string(), "light.a", Outcome::done(200, vec![])), false);
+            j.record(report("z2m/b", &i.to_string(), "light.a", Outcome::done(200, vec![])), false);
         }
         let all = j.recent(&Filter::default(), 10);
         let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
@@ -522,9 +523,9 @@ mod tests {
     #[test]
     fn filters_by_topic_entity_and_outcome() {
         let j = Journal::new(10);
-        j.record(&mut report("z2m/hall", "{}", "light.kitchen", Outcome::done(200, vec![])), false);
+        j.record(report("z2m/hall", "{}", "light.kitchen", Outcome::done(200, vec![])), false);
         let failed = Outcome::failed(ErrorCode::Expired, None, None);
-        j.record(&mut report("ha-gateway/call/light/toggle", "{}", "light.hall", failed), true);
+        j.record(report("ha-gateway/call/light/toggle", "{}", "light.hall", failed), true);
         j.no_route(9, b"z2m/x", &Bytes::from_static(b"1"), Instant::now());
         let f = |topic: &str, entity: &str, outcome: &str| Filter {
             topic: topic.into(),
@@ -561,9 +562,8 @@ mod tests {
         let payload = Bytes::from(vec![b'x'; 100_000]);
         let mut r = report("t", "", "light.a", Outcome::done(200, vec![]));
         r.origin = Some(Origin { topic: Arc::from("t"), payload: payload.clone() });
-        j.record(&mut r, false);
+        j.record(r, false);
         j.no_route(1, b"t", &payload, Instant::now());
-        drop(r);
         assert!(payload.try_into_mut().is_ok(), "the journal shares the payload's buffer");
     }
 
@@ -571,7 +571,7 @@ mod tests {
     fn previews_are_cut_and_say_so() {
         let j = Journal::new(2);
         let big = "x".repeat(PREVIEW_BYTES * 4);
-        j.record(&mut report("t", &big, "light.a", Outcome::done(200, vec![])), false);
+        j.record(report("t", &big, "light.a", Outcome::done(200, vec![])), false);
         let v = j.recent(&Filter::default(), 1)[0].to_json();
         assert_eq!(v["payload"].as_str().unwrap().len(), PREVIEW_BYTES);
         assert_eq!((v["size"].clone(), v["truncated"].clone()), (json!(PREVIEW_BYTES * 4), json!(true)));
@@ -581,7 +581,7 @@ mod tests {
         if let Some(Action::Call(c)) = &mut r.action {
             c.data.insert("big".into(), json!("z".repeat(CALL_BYTES)));
         }
-        j.record(&mut r, false);
+        j.record(r, false);
         let v = j.recent(&Filter::default(), 1)[0].to_json();
         assert_eq!(v["call"], json!({"service": "light.toggle", "data": {"entity_id": "light.b"}, "cut": true}));
     }

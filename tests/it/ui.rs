@@ -102,6 +102,8 @@ async fn the_live_view_shows_each_message_its_route_call_and_outcome() {
     let chunk = String::from_utf8(r.chunk().await.unwrap().unwrap().to_vec()).unwrap();
     assert!(chunk.contains("\nevent: entries\ndata: [") && chunk.contains("hall button"), "{chunk}");
 
+    // The mirror reads HA's version when its websocket connects.
+    env.gateway.wait_metric(r#"ha_info{version="2026.2.3"}"#, T, |v| v == 1.0).await;
     let (_, status) = ui.get("/ui/api/status").await;
     assert_eq!(
         (status["mqtt"]["connected"].clone(), status["home_assistant"]["reachable"].clone()),
