@@ -29,6 +29,13 @@ topic = "shellies/+/input/0"
 when = "value == '1'"
 service = "light.toggle"
 entity_id = "light.porch"
+
+[[route]]
+name = "dimmer"
+topic = "sensors/dimmer"
+service = "light.turn_on"
+entity_id = "light.porch"
+data = { brightness = "{{ value | int(strict=true) }}" }
 "#;
 
 /// Routes, and an access rule that keeps the garage button off the kitchen light.
@@ -148,6 +155,11 @@ async fn the_route_tester_runs_admission_without_calling_home_assistant() {
     assert_eq!(r["results"][0]["access"]["code"], "service_denied", "{r}");
     let (_, r) = ui.post("/ui/api/test", test(&format!("{PREFIX}/call/light/turn_on"), "{not json")).await;
     assert_eq!(r["results"][0]["error"]["code"], "invalid_json", "{r}");
+    // A template that fails on this payload: the error, with where.
+    let (_, r) = ui.post("/ui/api/test", test("sensors/dimmer", "bright")).await;
+    let error = &r["results"][0]["error"];
+    assert_eq!(error["code"], "template_error", "{r}");
+    assert!(error["detail"].as_str().unwrap().contains(r#"route "dimmer" data.brightness:1"#), "{r}");
     let (_, r) = ui.post("/ui/api/test", test("nobody/listens/here", "x")).await;
     assert!(r["summary"].as_str().unwrap().starts_with("no route matches"), "{r}");
 
@@ -314,7 +326,7 @@ async fn the_config_page_shows_each_rule_with_its_file_and_line_and_refused_relo
         c["last_reload"]["errors"][0].as_str().unwrap().contains("lock.unlock is not in access.allow_services"),
         "{c}"
     );
-    assert_eq!(c["rules"]["routes"].as_array().unwrap().len(), 3, "the running rules stay");
+    assert_eq!(c["rules"]["routes"].as_array().unwrap().len(), 4, "the running rules stay");
     env.gateway.stop().await;
 }
 
