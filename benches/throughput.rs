@@ -6,7 +6,9 @@
 //! fixed 200 commands/s; (3) the gateway binary as a process: start-up time
 //! to ready, idle RSS, and the state mirror's snapshot of 10 000 entities
 //! (time, RSS, bytes per entity); (4) the binary under hostile input (100 000
-//! throttled devices, 100 000 invalid QoS 0 commands), RSS before and after.
+//! throttled devices, 100 000 invalid QoS 0 commands), RSS before and after;
+//! (5) the web console's cost: throughput with `[ui]` off, on, and on with a
+//! page streaming the live view.
 //! Run with `cargo bench --bench throughput` (`BENCH_ONLY=hostile` for one
 //! step); results are printed, never asserted. Bounded: at most 20 000
 //! commands or entities (100 000 messages per hostile step), 120 s per step.
@@ -31,21 +33,31 @@ mod common;
 use common::{cpu_seconds, percentile, rss_kib};
 
 async fn throughput(n: usize) {
-    let Some(mut env) = setup(
-        "bench-throughput",
-        &[
-            ("QUEUE__RATE_PER_SECOND", "0"),
-            ("QUEUE__CAPACITY", "10000"),
-            ("QUEUE__CONCURRENCY", "16"),
-            ("LOG__LEVEL", "warn"),
-        ],
-    )
-    .await
-    else {
+    if let Some((rate, cpu, elapsed)) = commands(n, "bench-throughput", &[], false).await {
+        println!(
+            "throughput: {n} QoS 1 commands in {elapsed:.2} s = {rate:.0} commands/s (process CPU {cpu:.1} µs/command, incl. broker client and fake HA)"
+        );
+    }
+}
+
+/// `n` QoS 1 commands over 200 entities as fast as the client sends them,
+/// rate limit off, until every result is back: (commands/s, process CPU
+/// µs per command, seconds). With `page`, a console page streams the
+/// live view meanwhile (`extra` must enable `[ui]`).
+async fn commands(n: usize, name: &str, extra: &[(&str, &str)], page: bool) -> Option<(f64, f64, f64)> {
+    let mut overrides = vec![
+        ("QUEUE__RATE_PER_SECOND", "0"),
+        ("QUEUE__CAPACITY", "10000"),
+        ("QUEUE__CONCURRENCY", "16"),
+        ("LOG__LEVEL", "warn"),
+    ];
+    overrides.extend_from_slice(extra);
+    let Some(mut env) = setup(name, &overrides).await else {
         eprintln!("mosquitto is not installed: no benchmark");
-        return;
+        return None;
     };
     env.wait_online().await;
+    let stream = page.then(|| tokio::spawn(live_page(env.gateway.metrics_addr)));
     let start = Instant::now();
     let cpu_start = cpu_seconds("self");
     for i in 0..n {
@@ -56,13 +68,76 @@ async fn throughput(n: usize) {
     let elapsed = start.elapsed();
     let cpu = cpu_seconds("self") - cpu_start;
     assert_eq!(env.ha.calls().len(), n, "every command reached HA");
-    println!(
-        "throughput: {n} QoS 1 commands in {:.2} s = {:.0} commands/s (process CPU {:.1} µs/command, incl. broker client and fake HA)",
-        elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64(),
-        cpu * 1e6 / n as f64
-    );
+    if let Some(stream) = stream {
+        stream.abort();
+    }
     env.gateway.stop().await;
+    Some((n as f64 / elapsed.as_secs_f64(), cpu * 1e6 / n as f64, elapsed.as_secs_f64()))
+}
+
+/// A console page's live view: the session, then the event stream, read
+/// until the task is aborted. Returns the bytes read.
+async fn live_page(addr: std::net::SocketAddr) -> usize {
+    let mut console = support::console::ConsoleClient::new(addr);
+    console.open().await;
+    let mut r = reqwest::Client::new()
+        .get(format!("http://{addr}/ui/api/live"))
+        .header("cookie", console.cookie.clone().expect("a session"))
+        .send()
+        .await
+        .expect("the live stream opens");
+    let mut bytes = 0;
+    while let Ok(Some(chunk)) = r.chunk().await {
+        bytes += chunk.len();
+    }
+    bytes
+}
+
+/// The console's one step on the command path, alone: `Journal::record`
+/// of a finished command (as the publisher calls it), `n` times, with the
+/// default history of 500; ns per outcome. No page open: nobody waits.
+fn journal_record(n: usize) {
+    use mqtt_ha_gateway::command::{Action, ErrorCode, Origin, Outcome, Report, ServiceCall};
+    use mqtt_ha_gateway::topic::Slug;
+    let journal = mqtt_ha_gateway::ui::Journal::new(500);
+    let payload = bytes::Bytes::from_static(br#"{"entity_id":"light.kitchen","brightness":128}"#);
+    let origin = Origin { topic: std::sync::Arc::from("ha-gateway/call/light/turn_on"), payload };
+    let data = json!({"entity_id": "light.kitchen", "brightness": 128}).as_object().unwrap().clone();
+    let call = ServiceCall::new(Slug::parse("light").unwrap(), Slug::parse("turn_on").unwrap(), data);
+    let changed = vec![mqtt_ha_gateway::state_json::RawState::from_value(
+        &json!({"entity_id": "light.kitchen", "state": "on", "attributes": {}}),
+    )];
+    let reports: Vec<Report> = (0..n)
+        .map(|i| Report {
+            service: Some((call.domain.clone(), call.service.clone())),
+            origin: Some(origin.clone()),
+            action: Some(Action::Call(call.clone())),
+            outcome: Outcome { attempts: 1, ..Outcome::done(200, changed.clone()) },
+            ..Report::rejected(i as u64, Instant::now(), String::new(), ErrorCode::Expired, String::new())
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for r in reports {
+        journal.record(r, false);
+    }
+    let per = started.elapsed().as_secs_f64() * 1e9 / n as f64;
+    println!("console journal: {n} outcomes recorded at {per:.0} ns each (history 500, no page open)");
+}
+
+/// The web console's cost on the command path: the throughput run with
+/// `[ui]` off, on with no page open, and on with a page streaming every
+/// outcome.
+async fn console(n: usize) {
+    let runs = [
+        ("off", "false", false),
+        ("on, no page open", "true", false),
+        ("on, a page streaming the live view", "true", true),
+    ];
+    for (label, enabled, page) in runs {
+        if let Some((rate, cpu, _)) = commands(n, "bench-console", &[("UI__ENABLED", enabled)], page).await {
+            println!("console {label}: {n} commands at {rate:.0} commands/s, process CPU {cpu:.1} µs/command");
+        }
+    }
 }
 
 async fn latency(n: usize, per_second: u64) {
@@ -372,8 +447,8 @@ fn main() {
     // absent: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
     let (n, m, entities, devices) = if quick { (200, 100, 100, 1_000) } else { (20_000, 2_000, 10_000, 100_000) };
-    // BENCH_ONLY=hostile (a comma-separated list of routes,
-    // throughput, latency, process, hostile) runs only those steps.
+    // BENCH_ONLY=hostile (a comma-separated list of routes, throughput,
+    // latency, console, process, hostile) runs only those steps.
     let only = std::env::var("BENCH_ONLY").ok();
     let run = |step: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == step));
     if run("routes") {
@@ -386,6 +461,10 @@ fn main() {
         }
         if run("latency") {
             latency(m, 200).await;
+        }
+        if run("console") {
+            journal_record(if quick { 1_000 } else { 200_000 });
+            console(n).await;
         }
         if run("process") {
             process(entities).await;

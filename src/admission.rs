@@ -114,11 +114,14 @@ pub struct Decision {
     pub rejected: Vec<Report>,
     /// Refused by the dedupe window (`duplicates_total`).
     pub duplicate: bool,
+    /// Routes that matched and made nothing of it, and why (`when`, `map`,
+    /// `event_type`): for the web console's route tester.
+    pub skipped: Vec<(Arc<str>, &'static str)>,
 }
 
 impl Decision {
     fn one(kind: Kind, report: Report) -> Self {
-        Self { kind, admitted: Vec::new(), rejected: vec![report], duplicate: false }
+        Self { kind, admitted: Vec::new(), rejected: vec![report], duplicate: false, skipped: Vec::new() }
     }
 
     /// Final outcomes the message's ack waits for; 0: ack it now (no route applied).
@@ -201,7 +204,7 @@ fn decide_command(ctx: &Context<'_>, dedupe: Option<&mut Dedupe>, msg: &Message<
     let max_age = expiry.map_or(ctx.max_age, |e| e.min(ctx.max_age));
     let origin = Origin { topic: Arc::from(topic.as_str()), payload: publish.payload.clone() };
     let admitted = Admitted { action, reply, deadline: msg.received_at + max_age, route: None, flow: None, origin };
-    Decision { kind, admitted: vec![admitted], rejected: Vec::new(), duplicate: false }
+    Decision { kind, admitted: vec![admitted], rejected: Vec::new(), duplicate: false, skipped: Vec::new() }
 }
 
 /// The MQTT 5 response topic, correlation data and message expiry.
@@ -246,7 +249,13 @@ fn denied(ctx: &Context<'_>, action: &Action, topic: &str) -> Option<(ErrorCode,
 fn decide_routed(ctx: &Context<'_>, msg: &Message<'_>) -> Decision {
     let publish = msg.publish;
     let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-    let mut decision = Decision { kind: Kind::Route, admitted: Vec::new(), rejected: Vec::new(), duplicate: false };
+    let mut decision = Decision {
+        kind: Kind::Route,
+        admitted: Vec::new(),
+        rejected: Vec::new(),
+        duplicate: false,
+        skipped: Vec::new(),
+    };
     if let Err(refused) = ctx.limits.check_size(&publish.payload) {
         decision.rejected.push(Report::rejected(msg.seq, msg.received_at, topic, refused.code, refused.detail));
         return decision;
@@ -259,7 +268,7 @@ fn decide_routed(ctx: &Context<'_>, msg: &Message<'_>) -> Decision {
     };
     for result in ctx.rules.routes.evaluate(&topic, &publish.payload, msg.only) {
         match result {
-            RouteResult::Skipped { .. } => {}
+            RouteResult::Skipped { route, why } => decision.skipped.push((route, why)),
             RouteResult::Failed { route, code, detail } => {
                 tracing::debug!(route = %route, error = %code, detail, "route failed");
                 decision.rejected.push(report(route, code, None, detail));

@@ -24,7 +24,7 @@ use crate::ack::{AckTracker, Acker};
 use crate::admission::{Dedupe, Rules};
 use crate::config::Config;
 use crate::discovery::{Discovery, Topics};
-use crate::ha::{token_channel, watch_token, AuthGate, HaClient};
+use crate::ha::{token_channel, watch_token, AuthGate, HaClient, Known};
 use crate::http::{self, HttpState};
 use crate::ingress::{self, Ingress, Outputs, SideTopics};
 use crate::metrics::{Health, Metrics};
@@ -33,6 +33,7 @@ use crate::publisher::{Publisher, Report};
 use crate::queue::{Dispatcher, Executor, RateLimiter, Slots};
 use crate::reload::Reloader;
 use crate::supervise::{FailStage, StageFailed, Stages};
+use crate::ui;
 
 /// How long in-flight calls may take to finish at shutdown.
 pub const GRACE: Duration = Duration::from_secs(15);
@@ -112,6 +113,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     let tracker = Arc::new(Mutex::new(AckTracker::default()));
     let rules = Rules { access: config.access.clone(), routes: Arc::clone(&config.routes) };
     let (rules_tx, rules_rx) = watch::channel(Arc::new(rules));
+    let mut console = ConsoleParts::new(&config, rules_rx.clone(), options.dry_run, shutdown.clone());
     if options.dry_run {
         tracing::warn!("dry run: service calls are logged and published as results, not sent to home assistant");
     }
@@ -152,7 +154,8 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         metrics.clone(),
         ack_tx.clone(),
         config.limits.max_result_bytes,
-    );
+    )
+    .with_journal(console.as_ref().map(|c| Arc::clone(&c.journal)));
     pipeline.spawn("publisher", publisher.run(report_rx));
     pipeline.spawn(
         "acker",
@@ -204,6 +207,7 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         dedupe: config.queue.dedupe_window.map(Dedupe::new),
         backlog: Default::default(),
         side,
+        tap: console.as_mut().and_then(|c| c.tap.take()),
     };
     let outputs = Outputs { commands: cmd_tx, reports: report_tx, acks: ack_tx };
     tasks.spawn("ingress", ingress.run(outputs, shutdown.clone(), stop_polling.clone()));
@@ -215,7 +219,8 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
         tasks.spawn("discovery", discovery.run(side_rx, shutdown.clone()));
     }
     if let Some(reloader) = options.reloader {
-        tasks.spawn("reloader", reloader.run(rules_tx, hup_rx, metrics.clone(), shutdown.clone()));
+        let console = console.as_ref().map(|c| c.config_tx.clone());
+        tasks.spawn("reloader", reloader.run(rules_tx, console, hup_rx, metrics.clone(), shutdown.clone()));
     }
     let websocket_url = config.home_assistant.websocket_url.clone().unwrap_or_else(|| ha.websocket_url());
     let tls = match websocket_url.scheme() {
@@ -238,16 +243,102 @@ pub async fn start(config: Config, options: Options, shutdown: CancellationToken
     // With the pipeline: `ha_status offline` goes out before the disconnect.
     pipeline.spawn("mirror", mirror.run(shutdown.clone()));
     let gate = ha.gate.clone();
+    let known = ha.known.clone();
     let every = config.home_assistant.probe_interval;
     tasks.spawn("probe", probe_ha(ha, every, Arc::clone(&health), metrics.clone(), shutdown.clone()));
+    let ui = console.map(|c| c.finish(&health, &slots, &gate, &known, &metrics));
     let http_state =
-        HttpState { metrics: metrics.clone(), health: Arc::clone(&health), slots: Arc::clone(&slots), gate };
+        HttpState { metrics: metrics.clone(), health: Arc::clone(&health), slots: Arc::clone(&slots), gate, ui };
     let http_stop = CancellationToken::new();
     tasks.spawn("http", http::serve(listener, http_state, http_stop.clone()));
 
     let stopping = Stopping { shutdown, stop_polling, http_stop, health };
     let done = tokio::spawn(stopping.supervise(pipeline, tasks));
     Ok(Running { metrics_addr, metrics, hup, done })
+}
+
+/// The web console's pieces made before the stages that feed it; the
+/// shared state made later in `start` completes it ([`ConsoleParts::finish`]).
+struct ConsoleParts {
+    journal: Arc<ui::Journal>,
+    auth: Arc<ui::auth::Auth>,
+    rules: watch::Receiver<Arc<Rules>>,
+    config: watch::Receiver<ui::ConfigState>,
+    admission: Arc<ui::Admission>,
+    replays: mpsc::Sender<ui::Replay>,
+    dry_run: bool,
+    shutdown: CancellationToken,
+    /// For ingress.
+    tap: Option<ui::Tap>,
+    /// For the reloader.
+    config_tx: watch::Sender<ui::ConfigState>,
+}
+
+impl ConsoleParts {
+    /// `None` unless `[ui] enabled`.
+    fn new(
+        config: &Config,
+        rules: watch::Receiver<Arc<Rules>>,
+        dry_run: bool,
+        shutdown: CancellationToken,
+    ) -> Option<Self> {
+        if !config.ui.enabled {
+            return None;
+        }
+        let journal = Arc::new(ui::Journal::new(config.ui.history));
+        let (replays, replays_rx) = mpsc::channel(ui::REPLAY_QUEUE);
+        let loaded = ui::ConfigState { rules: Arc::clone(&config.loaded_rules), last_reload: None };
+        let (config_tx, config_rx) = watch::channel(loaded);
+        let admission = ui::Admission {
+            prefix: config.mqtt.prefix.clone(),
+            limits: config.limits,
+            state_filter: config.state.filter.clone(),
+            max_age: config.queue.max_age,
+        };
+        let login = if config.ui.password.is_some() { "password" } else { "none (loopback)" };
+        tracing::info!(path = "/ui/", login, "web console enabled");
+        Some(Self {
+            journal: Arc::clone(&journal),
+            auth: Arc::new(ui::auth::Auth::new(config.ui.password.clone())),
+            rules,
+            config: config_rx,
+            admission: Arc::new(admission),
+            replays,
+            dry_run,
+            shutdown,
+            tap: Some(ui::Tap { journal, replays: replays_rx }),
+            config_tx,
+        })
+    }
+
+    /// The console, with the shared state made later in `start`.
+    fn finish(
+        self,
+        health: &Arc<Health>,
+        slots: &Arc<Slots>,
+        gate: &AuthGate,
+        known: &Known,
+        metrics: &Metrics,
+    ) -> ui::Console {
+        ui::Console {
+            journal: self.journal,
+            auth: self.auth,
+            rules: self.rules,
+            config: self.config,
+            admission: self.admission,
+            replays: self.replays,
+            health: Arc::clone(health),
+            slots: Arc::clone(slots),
+            gate_open: {
+                let gate = gate.clone();
+                Arc::new(move || gate.is_open())
+            },
+            known: known.clone(),
+            metrics: metrics.clone(),
+            dry_run: self.dry_run,
+            shutdown: self.shutdown,
+        }
+    }
 }
 
 /// How long a stage that ended normally is given for the panic that caused

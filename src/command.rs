@@ -368,6 +368,9 @@ pub struct Report {
     pub call: Option<Value>,
     /// The message it came from (commands that reached the queue).
     pub origin: Option<Origin>,
+    /// What the command asked HA for (commands that reached the queue), for
+    /// the web console's live view.
+    pub action: Option<Action>,
     /// Its place in the publisher's `Backlog` (a rejection of a QoS 0 message), given
     /// back when the publisher is done with it.
     pub backlog: Option<OwnedSemaphorePermit>,
@@ -388,6 +391,7 @@ impl Report {
             route: None,
             call: None,
             origin: None,
+            action: None,
             backlog: None,
         }
     }

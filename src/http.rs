@@ -1,7 +1,8 @@
 //! The small HTTP server: `GET /metrics` (Prometheus text), `/healthz`
 //! (alive: 503 once a stage failed) and `/readyz` (ready to carry commands, with the failing checks).
 //!
-//! Read-only: it reports state owned elsewhere and changes nothing.
+//! Read-only: it reports state owned elsewhere and changes nothing. With
+//! `[ui] enabled` it also serves the web console under `/ui/` (see `ui`).
 
 use std::sync::Arc;
 
@@ -25,6 +26,8 @@ pub struct HttpState {
     pub slots: Arc<Slots>,
     /// Closed after HA refused the token, until it changes or a probe passes.
     pub gate: AuthGate,
+    /// The web console, when `[ui] enabled`.
+    pub ui: Option<crate::ui::Console>,
 }
 
 /// The readiness checks, each true when fine.
@@ -70,11 +73,14 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+    let console = state.ui.clone();
+    let router =
+        Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    let router = router.with_state(state);
+    match console {
+        Some(console) => router.merge(crate::ui::router(console)),
+        None => router,
+    }
 }
 
 /// Serves until `shutdown`.

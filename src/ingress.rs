@@ -28,7 +28,7 @@ use crate::ack::{fingerprint, AckMsg, AckTracker, Registration};
 use crate::admission::{self, Admitted, Dedupe, Rules};
 use crate::backoff::Backoff;
 use crate::bounds::MAX_PACKET;
-use crate::command::{Command, ErrorCode};
+use crate::command::{Command, ErrorCode, Origin};
 use crate::metrics::{Health, Metrics};
 use crate::mirror::StateFilter;
 use crate::publisher::{Backlog, Report};
@@ -36,6 +36,7 @@ use crate::queue::Slots;
 use crate::secret::SecretSource;
 use crate::topic::TopicPrefix;
 use crate::translate::Limits;
+use crate::ui::{Replay, Tap};
 
 /// Our QoS 1 publishes (results, states) awaiting the broker's PUBACK at once.
 const OUTGOING_INFLIGHT: u16 = 256;
@@ -311,6 +312,8 @@ pub struct Ingress {
     pub backlog: Backlog,
     /// The gateway's own topics (discovery's birth message and button).
     pub side: SideTopics,
+    /// The web console (`[ui] enabled`): its journal, and dead letters to replay.
+    pub tap: Option<Tap>,
 }
 
 /// The reconnect policy: jittered exponential backoff over consecutive
@@ -378,6 +381,12 @@ impl Ingress {
                 }
                 Ok(()) = self.rules.changed() => {
                     self.rules_changed();
+                    continue;
+                }
+                Some(replay) = next_replay(&mut self.tap), if outputs.is_some() => {
+                    if let Some(out) = &outputs {
+                        self.on_replay(replay, out);
+                    }
                     continue;
                 }
                 _ = self.slots.freed(), if !self.overflow.parked.is_empty() && outputs.is_some() => {
@@ -579,6 +588,15 @@ impl Ingress {
         self.admit(incoming, out);
     }
 
+    /// A dead letter sent again from the web console: admitted as a QoS 0
+    /// message (no ack owed), through the same admission as any other.
+    fn on_replay(&mut self, replay: Replay, out: &Outputs) {
+        let seq = self.tracker.lock().expect("ack tracker lock is never poisoned").next_unacked();
+        let publish = Publish::new(replay.topic, QoS::AtMostOnce, replay.payload, None);
+        let _ = replay.admitted.send(seq);
+        self.admit(Parked { publish, seq, received_at: Instant::now() }, out);
+    }
+
     /// Once every command before the shed ones is queued, a new connection
     /// makes the broker redeliver them. The acker disconnects when all of
     /// them are acked, so no ack is lost and nothing runs twice.
@@ -696,6 +714,9 @@ impl Ingress {
         }
         match decision.parts() {
             0 => {
+                if let Some(tap) = &self.tap {
+                    tap.journal.no_route(seq, &publish.topic, &publish.payload, received_at);
+                }
                 self.metrics.route_skipped.inc();
                 let _ = out.acks.send(AckMsg::Complete(seq));
                 return;
@@ -704,7 +725,12 @@ impl Ingress {
             parts => self.tracker.lock().expect("ack tracker lock is never poisoned").set_parts(seq, parts),
         }
         let qos = publish.qos;
-        for report in decision.rejected {
+        for mut report in decision.rejected {
+            if self.tap.is_some() && report.origin.is_none() {
+                // The console shows the payload of a rejected message too.
+                let topic = Arc::from(String::from_utf8_lossy(&publish.topic).as_ref());
+                report.origin = Some(Origin { topic, payload: publish.payload.clone() });
+            }
             self.reject(out, qos, report);
         }
         for admitted in decision.admitted {
@@ -770,6 +796,14 @@ impl Ingress {
             }
         }
         self.set_connected(false);
+    }
+}
+
+/// The next replay from the web console; never, without one.
+async fn next_replay(tap: &mut Option<Tap>) -> Option<Replay> {
+    match tap {
+        Some(tap) => tap.replays.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -886,6 +920,7 @@ mod tests {
             dedupe: None,
             backlog: Backlog::default(),
             side: SideTopics::default(),
+            tap: None,
         }
     }
 

@@ -16,6 +16,7 @@
 //! - [`ack`]: PUBACKs in arrival order once outcomes are final.
 //! - [`metrics`], [`http`]: Prometheus metrics and health endpoints.
 //! - [`reload`]: SIGHUP / file change → new access rules and routes.
+//! - [`ui`]: the web console on the metrics listener (off unless `[ui] enabled`).
 //! - [`supervise`]: named stage tasks; one ending before shutdown is fatal.
 //! - [`secret`], [`bounds`], [`backoff`], [`state_json`]: leaves every stage may use.
 //! - [`app`]: wiring and shutdown; the only module that knows all others.
@@ -48,6 +49,7 @@ pub mod state_json;
 pub mod supervise;
 pub mod topic;
 pub mod translate;
+pub mod ui;
 
 /// An error and its causes on one line (`outer: inner: root`): the top
 /// message alone often hides what really failed ("connection refused").

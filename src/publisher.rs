@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::mirror::StateOut;
 use crate::state_json::RawState;
 use crate::topic::TopicPrefix;
+use crate::ui::Journal;
 
 pub use crate::command::Report;
 
@@ -279,6 +280,8 @@ pub struct Publisher {
     /// `limits.max_result_bytes`: results with a larger service response go without it.
     pub max_result_bytes: usize,
     warned: HashMap<ErrorCode, Warnings>,
+    /// The web console's record of outcomes (`[ui] enabled`).
+    journal: Option<Arc<Journal>>,
 }
 
 /// At most one warning per error code in this interval; the rest are counted.
@@ -293,7 +296,13 @@ impl Publisher {
         acks: mpsc::UnboundedSender<AckMsg>,
         max_result_bytes: usize,
     ) -> Self {
-        Self { client, prefix, states, metrics, acks, max_result_bytes, warned: HashMap::new() }
+        Self { client, prefix, states, metrics, acks, max_result_bytes, warned: HashMap::new(), journal: None }
+    }
+
+    /// Also records every outcome for the web console.
+    pub fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
+        self.journal = journal;
+        self
     }
 
     /// Runs until every sender of `input` is gone.
@@ -313,11 +322,11 @@ impl Publisher {
         self.log(&report);
         match report.outcome.error {
             // Not final: unacked, so the broker redelivers it to the next session.
-            Some(ErrorCode::ShuttingDown) => return,
+            Some(ErrorCode::ShuttingDown) => return self.record(report),
             // Flow control at work, not an error: counted, acked, no result.
             Some(ErrorCode::Debounced | ErrorCode::Throttled | ErrorCode::Coalesced) => {
                 let _ = self.acks.send(AckMsg::Complete(report.seq));
-                return;
+                return self.record(report);
             }
             _ => {}
         }
@@ -352,6 +361,15 @@ impl Publisher {
             }
         }
         let _ = self.acks.send(AckMsg::Complete(report.seq));
+        self.record(report);
+    }
+
+    /// Hands the finished report to the web console's journal, if it is on.
+    fn record(&self, report: Report) {
+        if let Some(journal) = &self.journal {
+            let dead = report.origin.is_some() && report.outcome.error.is_some_and(is_dead_letter);
+            journal.record(report, dead);
+        }
     }
 
     async fn publish_result(&self, report: &Report) {
@@ -428,6 +446,7 @@ mod tests {
             route: None,
             call: None,
             origin: None,
+            action: None,
             backlog: None,
         }
     }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::Rules;
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::Metrics;
+use crate::ui::{ConfigState, ReloadOutcome};
 
 /// How often the config files are looked at.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -49,10 +50,12 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
 
 impl Reloader {
     /// Watches until `shutdown`; sends new rules on `rules`; counts each
-    /// reload in `mqtt_ha_gateway_config_reloads_total{result}`.
+    /// reload in `mqtt_ha_gateway_config_reloads_total{result}`; tells the
+    /// web console (`console`) the rules as loaded and each reload's outcome.
     pub async fn run(
         self,
         rules: watch::Sender<Arc<Rules>>,
+        console: Option<watch::Sender<ConfigState>>,
         mut hup: watch::Receiver<u64>,
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -72,6 +75,16 @@ impl Reloader {
             match (self.load)() {
                 Ok(config) => {
                     let routes = config.routes.len();
+                    if let Some(console) = &console {
+                        console.send_replace(ConfigState {
+                            rules: Arc::clone(&config.loaded_rules),
+                            last_reload: Some(ReloadOutcome {
+                                at: SystemTime::now(),
+                                applied: true,
+                                errors: Vec::new(),
+                            }),
+                        });
+                    }
                     rules.send_replace(Arc::new(Rules { access: config.access, routes: config.routes }));
                     metrics.config_reloads.with_label_values(&["applied"]).inc();
                     tracing::info!(routes, "configuration reloaded: access rules and routes replaced");
@@ -81,6 +94,12 @@ impl Reloader {
                         tracing::error!(key = %e.key, problem = %e.message, "reload refused: invalid configuration");
                     }
                     metrics.config_reloads.with_label_values(&["refused"]).inc();
+                    if let Some(console) = &console {
+                        let errors = errors.0.iter().map(ToString::to_string).collect();
+                        console.send_modify(|s| {
+                            s.last_reload = Some(ReloadOutcome { at: SystemTime::now(), applied: false, errors });
+                        });
+                    }
                     tracing::error!(problems = errors.0.len(), "reload refused; the previous configuration stays");
                 }
             }

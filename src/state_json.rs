@@ -15,12 +15,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// A state object's JSON text, with its entity id and `last_updated`
-/// read once when it arrived.
+/// A state object's JSON text, with its entity id, state and
+/// `last_updated` read once when it arrived.
 #[derive(Debug, Clone)]
 pub struct RawState {
     text: Box<RawValue>,
     entity_id: Option<Box<str>>,
+    state: Option<Box<str>>,
     last_updated: Option<Box<str>>,
 }
 
@@ -37,18 +38,20 @@ pub struct StateHead<'a> {
     pub last_updated: Option<&'a str>,
 }
 
-/// The two keys, as serde reads them (borrowed unless escaped).
+/// The keys read on arrival, as serde reads them (borrowed unless escaped).
 #[derive(Default, Deserialize)]
 struct Head<'a> {
     #[serde(borrow, default)]
     entity_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    state: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     last_updated: Option<Cow<'a, str>>,
 }
 
 impl RawState {
     /// HA's text as it came (any JSON; `null` is never one). Scans it once
-    /// for the entity id and `last_updated`, building nothing else.
+    /// for the entity id, state and `last_updated`, building nothing else.
     pub fn new(text: Box<RawValue>) -> Self {
         // Only an object (serde would also read the fields off a list).
         let head = if text.get().trim_start().starts_with('{') {
@@ -56,9 +59,13 @@ impl RawState {
         } else {
             Head::default()
         };
-        let entity_id = head.entity_id.map(|c| c.into_owned().into_boxed_str());
-        let last_updated = head.last_updated.map(|c| c.into_owned().into_boxed_str());
-        Self { text, entity_id, last_updated }
+        let owned = |c: Option<Cow<'_, str>>| c.map(|c| c.into_owned().into_boxed_str());
+        Self {
+            entity_id: owned(head.entity_id),
+            state: owned(head.state),
+            last_updated: owned(head.last_updated),
+            text,
+        }
     }
 
     /// A state already parsed (a get's answer, tests).
@@ -77,6 +84,11 @@ impl RawState {
 
     pub fn entity_id(&self) -> Option<&str> {
         self.entity_id.as_deref()
+    }
+
+    /// The state itself (`on`, `21.5`…).
+    pub fn state(&self) -> Option<&str> {
+        self.state.as_deref()
     }
 
     /// The whole state; `None` if it is not a JSON object.
@@ -123,6 +135,7 @@ mod tests {
         assert_eq!(states.len(), 2);
         assert_eq!(states[0].parse(), Some(json!({"entity_id":"light.a","state":"on"})));
         assert_eq!(states[1].entity_id(), Some("light.b"));
+        assert_eq!((states[0].state(), states[1].state()), (Some("on"), None));
         assert!(list(br#"{"changed_states":[]}"#).is_err(), "an object is not a list");
         assert_eq!(RawState::from_value(&json!({"a":1})).text(), r#"{"a":1}"#);
         assert_eq!(RawState::from_value(&json!([1])).parse(), None, "not an object");

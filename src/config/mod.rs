@@ -6,6 +6,7 @@
 //! error names the key path (`queue.max_age`) so `check` can print them all.
 
 mod raw;
+mod sources;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -19,11 +20,13 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub use raw::{RawConfig, RawRoute};
+pub use sources::Sources;
 // Each stage owns its settings; config builds them.
 pub use crate::discovery::DiscoveryConfig;
 pub use crate::ha::HaConfig;
 pub use crate::ingress::MqttConfig;
 pub use crate::secret::SecretSource;
+pub use crate::ui::{LoadedRules, UiConfig};
 
 use crate::access::{AccessPolicy, RuleSpec};
 use crate::backoff::Backoff;
@@ -73,6 +76,9 @@ pub struct Config {
     /// `[discovery]`; `None` when disabled.
     pub discovery: Option<DiscoveryConfig>,
     pub log: LogConfig,
+    pub ui: UiConfig,
+    /// The routes and access rules as written, with where (for the web console).
+    pub loaded_rules: Arc<LoadedRules>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,7 +134,7 @@ pub fn load(
 
 /// The config file's top-level sections, as environment variable names.
 const SECTIONS: &[&str] =
-    &["MQTT", "HOME_ASSISTANT", "QUEUE", "ACCESS", "LIMITS", "STATE", "METRICS", "DISCOVERY", "LOG", "ROUTE"];
+    &["MQTT", "HOME_ASSISTANT", "QUEUE", "ACCESS", "LIMITS", "STATE", "METRICS", "DISCOVERY", "LOG", "UI", "ROUTE"];
 
 /// Whether `MQTT_HA_GATEWAY_<name>` is meant for the config: it names a
 /// section (`QUEUE__CAPACITY`, or `QUEUE_CAPACITY`, a typo reported as an
@@ -156,12 +162,18 @@ pub fn load_raw(
         .filter(|(k, _)| is_config_var(k))
         .collect();
     let mut figment = Figment::new().merge(Toml::file(file));
+    let mut paths = Vec::new();
     for (key, value) in env {
         let path = key.to_ascii_lowercase().replace("__", ".");
         figment = figment.merge(Serialized::global(&path, env_value(&path, &value)));
+        paths.push(path);
     }
     let mut raw: RawConfig = figment.extract().map_err(figment_errors)?;
-    raw.route.extend(load_routes_dir(file)?);
+    raw.sources = sources::of_config_file(file, &paths, raw.route.len());
+    for (route, source) in load_routes_dir(file)? {
+        raw.route.push(route);
+        raw.sources.routes.push(source);
+    }
     Ok(raw)
 }
 
@@ -170,8 +182,8 @@ pub fn routes_dir(config_file: &Path) -> PathBuf {
     config_file.parent().unwrap_or(Path::new(".")).join("routes.d")
 }
 
-/// Every `routes.d/*.toml`, in file name order.
-fn load_routes_dir(config_file: &Path) -> Result<Vec<RawRoute>, ConfigErrors> {
+/// Every `routes.d/*.toml`, in file name order, each route with its `file:line`.
+fn load_routes_dir(config_file: &Path) -> Result<Vec<(RawRoute, String)>, ConfigErrors> {
     let dir = routes_dir(config_file);
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
     let mut files: Vec<PathBuf> = entries
@@ -183,7 +195,12 @@ fn load_routes_dir(config_file: &Path) -> Result<Vec<RawRoute>, ConfigErrors> {
     let mut errors = Vec::new();
     for f in files {
         match Figment::new().merge(Toml::file(&f)).extract::<raw::RawRoutesFile>() {
-            Ok(file) => routes.extend(file.route),
+            Ok(file) => {
+                let name = sources::shown(config_file, &f);
+                let mut lines = sources::of_file(&name, &std::fs::read_to_string(&f).unwrap_or_default()).routes;
+                lines.resize(file.route.len(), name);
+                routes.extend(file.route.into_iter().zip(lines));
+            }
             Err(e) => {
                 let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 errors.extend(figment_errors(e).0.into_iter().map(|mut e| {
@@ -231,6 +248,7 @@ fn env_value(path: &str, value: &str) -> Value {
 /// Turns the raw layers into a [`Config`], collecting every problem.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut v = Validator::default();
+    let loaded_rules = Arc::new(sources::loaded_rules(&raw));
     let discovery = v.discovery(raw.discovery, &raw.mqtt.client_id);
     let mqtt = v.mqtt(raw.mqtt);
     let home_assistant = v.home_assistant(raw.home_assistant);
@@ -285,6 +303,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     }
     let log = v.log(raw.log);
+    let ui = v.ui(raw.ui, listen);
     match (mqtt, home_assistant, queue, access, state, routes, listen, log) {
         (
             Some(mqtt),
@@ -306,6 +325,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             metrics: MetricsConfig { listen, entities },
             discovery,
             log,
+            ui,
+            loaded_rules,
         }),
         _ => Err(ConfigErrors(v.errors)),
     }
@@ -665,6 +686,26 @@ impl Validator {
             status_topic: status_topic?,
             state_interval: state_interval?,
         })
+    }
+
+    /// `[ui]`; a password is required unless `metrics.listen` is loopback.
+    fn ui(&mut self, raw: raw::RawUi, listen: Option<SocketAddr>) -> UiConfig {
+        if !(1..=crate::ui::MAX_HISTORY).contains(&raw.history) {
+            self.error("ui.history", format!("must be between 1 and {}", crate::ui::MAX_HISTORY));
+        }
+        let password = self.secret(("ui.password", "ui.password_file"), raw.password, raw.password_file);
+        if let (true, None, Some(listen)) = (raw.enabled, &password, listen) {
+            if !crate::ui::is_loopback_listener(listen) {
+                self.error(
+                    "ui.password_file",
+                    format!(
+                        "required: metrics.listen {listen} is reachable from other machines (only 127.0.0.1 and \
+                         [::1] count as this machine); set ui.password_file (or MQTT_HA_GATEWAY_UI__PASSWORD)"
+                    ),
+                );
+            }
+        }
+        UiConfig { enabled: raw.enabled, history: raw.history, password }
     }
 
     fn log(&mut self, raw: raw::RawLog) -> Option<LogConfig> {

@@ -24,8 +24,34 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     pub discovery: RawDiscovery,
     pub log: RawLog,
+    /// `[ui]`: the web console.
+    pub ui: RawUi,
     /// `[[route]]`: wire any MQTT topic to a service (also from `routes.d/*.toml`).
     pub route: Vec<RawRoute>,
+    /// Where each route and access key was written (filled by the loader, not read from TOML).
+    #[serde(skip)]
+    pub sources: super::sources::Sources,
+}
+
+/// `[ui]`: the web console at `/ui/` on `metrics.listen`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUi {
+    /// Serve the console (live view, route tester, status, dead letters, config).
+    pub enabled: bool,
+    /// Messages the live view keeps (a ring buffer), 1 to 10000.
+    pub history: usize,
+    /// The console's password (prefer `password_file`); never printed.
+    /// Required when `metrics.listen` is not 127.0.0.1 or [::1].
+    pub password: Option<SecretString>,
+    /// File holding the console's password (read at each login).
+    pub password_file: Option<String>,
+}
+
+impl Default for RawUi {
+    fn default() -> Self {
+        Self { enabled: false, history: crate::ui::DEFAULT_HISTORY, password: None, password_file: None }
+    }
 }
 
 /// `[mqtt]`: the broker connection.

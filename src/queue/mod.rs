@@ -386,6 +386,7 @@ fn report(command: Command, outcome: Outcome, call: Option<Value>) -> Report {
         route: command.route,
         call,
         origin: Some(command.origin),
+        action: Some(command.action),
         backlog: None,
     }
 }

@@ -19,3 +19,4 @@ mod scale;
 mod supervision;
 mod support;
 mod transport;
+mod ui;

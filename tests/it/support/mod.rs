@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod console;
 pub mod fake_ha;
 pub mod fake_ws;
 pub mod gateway;

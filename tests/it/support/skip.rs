@@ -16,6 +16,7 @@ fn tier() -> &'static str {
     match env!("CARGO_CRATE_NAME") {
         "it" => "integration",
         "e2e" => "e2e",
+        "ui" => "ui",
         _ => "bench",
     }
 }
