@@ -24,7 +24,7 @@
 //! `cargo bench --bench ceiling` (`CEILING_ONLY=loop8,gateway8` for some
 //! systems, `CEILING_WRAP="valgrind --tool=callgrind"` to run the loop and
 //! the gateway under a profiler, `CEILING_COMMANDS=5000,500` for other
-//! sizes); `cargo test --all-targets` runs it with
+//! sizes, `CEILING_GATEWAY=<path>` for another build of the gateway); `cargo test --all-targets` runs it with
 //! 200/100 commands as a smoke test. Nothing is asserted about speed.
 //! Bounded: at most 20 000 + 2 000 commands per system and round, 120 s per
 //! run.
@@ -502,7 +502,10 @@ fn start_gateway(
     });
     let config = support::gateway::write_config(dir.path(), broker, ha, &token_file);
     let port = support::broker::free_port();
-    let mut command = wrapped(std::path::Path::new(env!("CARGO_BIN_EXE_mqtt-ha-gateway")));
+    // CEILING_GATEWAY=<path>: another build of the gateway (another profile).
+    let binary = std::env::var_os("CEILING_GATEWAY")
+        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_mqtt-ha-gateway")), std::path::PathBuf::from);
+    let mut command = wrapped(&binary);
     command
         .args(["run", "--config"])
         .arg(&config)
