@@ -59,19 +59,37 @@ enum System {
     /// The ceiling with this many HTTP calls in flight.
     Loop(usize),
     /// `mqtt-ha-gateway run`, defaults but for the rate limit (off) and
-    /// `queue.concurrency`; `states: false` excludes every entity from the
-    /// state mirror, so no state is published after a call.
-    Gateway { concurrency: usize, states: bool },
+    /// `queue.concurrency`.
+    Gateway { concurrency: usize, states: States },
+}
+
+/// How much of the state mirror a gateway runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum States {
+    /// As configured by default: the states a call changed are published
+    /// (retained), and HA's `state_changed` events are read.
+    Published,
+    /// `[state] exclude = ["*"]`: no state is published after a call; the
+    /// websocket's events are still read (and dropped).
+    Excluded,
+    /// Excluded, and the websocket pointed at a closed port: no event is
+    /// read either (the mirror retries in the background). Not a setting
+    /// for users: it measures what reading HA's events costs.
+    NoMirror,
 }
 
 impl System {
     fn name(self) -> String {
         match self {
             System::Loop(c) => format!("minimal loop, {c} in flight"),
-            System::Gateway { concurrency, states: true } => format!("gateway, concurrency {concurrency}"),
-            System::Gateway { concurrency, states: false } => {
-                format!("gateway, concurrency {concurrency}, no state publish")
-            }
+            System::Gateway { concurrency, states } => format!(
+                "gateway, concurrency {concurrency}{}",
+                match states {
+                    States::Published => "",
+                    States::Excluded => ", no state publish",
+                    States::NoMirror => ", no state publish, no websocket",
+                }
+            ),
         }
     }
 
@@ -79,8 +97,14 @@ impl System {
     fn key(self) -> String {
         match self {
             System::Loop(c) => format!("loop{c}"),
-            System::Gateway { concurrency, states: true } => format!("gateway{concurrency}"),
-            System::Gateway { concurrency, states: false } => format!("gateway{concurrency}-nostate"),
+            System::Gateway { concurrency, states } => format!(
+                "gateway{concurrency}{}",
+                match states {
+                    States::Published => "",
+                    States::Excluded => "-nostate",
+                    States::NoMirror => "-nomirror",
+                }
+            ),
         }
     }
 
@@ -415,8 +439,12 @@ fn measure(system: System, burst: usize, paced: usize) -> Option<Measured> {
         }
         System::Gateway { concurrency, states } => {
             let mut env = vec![("QUEUE__CONCURRENCY", concurrency.to_string())];
-            if !states {
+            if states != States::Published {
                 env.push(("STATE__EXCLUDE", r#"["*"]"#.to_owned()));
+            }
+            if states == States::NoMirror {
+                let closed = format!("ws://127.0.0.1:{}/api/websocket", support::broker::free_port());
+                env.push(("HOME_ASSISTANT__WEBSOCKET_URL", closed));
             }
             start_gateway(&dir, broker.port, &ha_url, None, &env)
         }
@@ -655,13 +683,14 @@ fn main() {
     let rounds: usize = std::env::var("CEILING_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1).max(1);
     let systems = [
         System::Loop(8),
-        System::Gateway { concurrency: 8, states: true },
-        System::Gateway { concurrency: 8, states: false },
+        System::Gateway { concurrency: 8, states: States::Published },
+        System::Gateway { concurrency: 8, states: States::Excluded },
+        System::Gateway { concurrency: 8, states: States::NoMirror },
         System::Loop(64),
-        System::Gateway { concurrency: 64, states: true },
+        System::Gateway { concurrency: 64, states: States::Published },
     ];
     // CEILING_ONLY=loop8,gateway8 (keys: loop8, gateway8, gateway8-nostate,
-    // loop64, gateway64) runs only those.
+    // gateway8-nomirror, loop64, gateway64) runs only those.
     let only = std::env::var("CEILING_ONLY").ok();
     let systems: Vec<System> = systems
         .into_iter()
