@@ -18,8 +18,11 @@ ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 # ---------------------------------------------------------------------------
-# Builder: compile a release binary. TLS is rustls with ring, so no OpenSSL
-# and no cmake are needed; ring's C parts build with the image's gcc.
+# Builder: compile the binary with Cargo.toml's `dist` profile (fat LTO, one
+# codegen unit: about 45 s more than `--release` on 2 cores, for 5 % fewer
+# instructions per command and 2.5 MiB less RSS; docs/benchmarks.md). TLS is
+# rustls with ring, so no OpenSSL and no cmake are needed; ring's C parts
+# build with the image's gcc.
 # ---------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS builder
 
@@ -40,20 +43,20 @@ RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
  && cargo fetch --locked \
- && cargo build --release --locked \
+ && cargo build --profile dist --locked \
  && rm -rf src \
-           target/release/mqtt-ha-gateway* \
-           target/release/deps/mqtt_ha_gateway-* \
-           target/release/deps/libmqtt_ha_gateway-* \
-           target/release/.fingerprint/mqtt-ha-gateway-*
+           target/dist/mqtt-ha-gateway* \
+           target/dist/deps/mqtt_ha_gateway-* \
+           target/dist/deps/libmqtt_ha_gateway-* \
+           target/dist/.fingerprint/mqtt-ha-gateway-*
 
 # 2. The gateway itself. COPY keeps the files' own modification times, which
 #    can be older than the stand-in build above; touching the crate roots makes
 #    sure Cargo rebuilds the crate from the real sources.
 COPY . .
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin mqtt-ha-gateway \
- && install -D -m 0755 target/release/mqtt-ha-gateway /out/mqtt-ha-gateway
+ && cargo build --profile dist --locked --bin mqtt-ha-gateway \
+ && install -D -m 0755 target/dist/mqtt-ha-gateway /out/mqtt-ha-gateway
 
 # ---------------------------------------------------------------------------
 # Runtime: distroless with glibc and CA certificates, no shell, runs as the

@@ -24,8 +24,9 @@
 //! `cargo bench --bench ceiling` (`CEILING_ONLY=loop8,gateway8` for some
 //! systems, `CEILING_WRAP="valgrind --tool=callgrind"` to run the loop and
 //! the gateway under a profiler, `CEILING_COMMANDS=5000,500` for other
-//! sizes, `CEILING_GATEWAY=<path>` for another build of the gateway); `cargo test --all-targets` runs it with
-//! 200/100 commands as a smoke test. Nothing is asserted about speed.
+//! sizes, `CEILING_GATEWAY=<path>` for another build of the gateway);
+//! `cargo test --all-targets` runs it with 200/100 commands as a smoke
+//! test. Nothing is asserted about speed.
 //! Bounded: at most 20 000 + 2 000 commands per system and round, 120 s per
 //! run.
 

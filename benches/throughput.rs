@@ -189,15 +189,24 @@ async fn start_binary(config: &std::path::Path, port: u16, env: &[(&str, &str)])
     child
 }
 
-/// The binary as users run it: ready time, idle RSS, mirror snapshot cost.
-async fn process(entities: usize) {
-    let Some(broker) = support::Broker::start("bench-process") else { return };
+/// A broker, the fake HA, a config for them in a temporary folder (kept
+/// while the returned `TempDir` lives) and a free port for the metrics
+/// listener; `None` without Mosquitto.
+async fn binary_setup(
+    name: &str,
+) -> Option<(support::Broker, support::FakeHa, tempfile::TempDir, std::path::PathBuf, u16)> {
+    let broker = support::Broker::start(name)?;
     let ha = support::FakeHa::start(support::TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, support::TOKEN).unwrap();
     let config = support::gateway::write_config(dir.path(), broker.port, &ha.url(), &token_file);
-    let port = support::broker::free_port();
+    Some((broker, ha, dir, config, support::broker::free_port()))
+}
+
+/// The binary as users run it: ready time, idle RSS, mirror snapshot cost.
+async fn process(entities: usize) {
+    let Some((broker, ha, _dir, config, port)) = binary_setup("bench-process").await else { return };
     let mut client = support::TestClient::connect(broker.port, "bench-mirror", &[&format!("{PREFIX}/state/#")]).await;
 
     let started = Instant::now();
@@ -259,30 +268,9 @@ async fn process(entities: usize) {
         cpu * 1e6 / entities as f64
     );
 
-    // 10 000 commands held: HA answers slowly, the queue fills to capacity.
-    ha.set_delay(Duration::from_secs(30));
-    let publisher = support::TestClient::connect(broker.port, "bench-backlog", &[]).await;
-    for i in 0..entities {
-        let body = json!({"entity_id": format!("light.l{i}")}).to_string();
-        publisher.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
-    }
-    let full = Instant::now();
-    loop {
-        let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-        let depth = text
-            .lines()
-            .find_map(|l| l.strip_prefix("mqtt_ha_gateway_queue_depth "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if depth >= entities as f64 {
-            break;
-        }
-        assert!(full.elapsed() < Duration::from_secs(60), "the queue never filled ({depth})");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (rss, peak) = rss_kib(child.id());
+    let (rss, peak) = hold_backlog(&broker, &ha, addr, child.id(), entities, "l").await;
     println!(
-        "backlog: {entities} commands queued; RSS {:.1} MiB (peak {:.1} MiB)",
+        "backlog: {entities} commands queued (after the steps above); RSS {:.1} MiB (peak {:.1} MiB)",
         rss as f64 / 1024.0,
         peak as f64 / 1024.0
     );
@@ -442,13 +430,65 @@ fn route_matching(routes: usize, messages: usize) {
     println!("routes: {routes} routes, {messages} messages: {per:.1} µs per message matched and rendered, {per_miss:.2} µs per unmatched topic");
 }
 
+/// `n` commands held: HA answers slowly, the queue fills to `n`. Returns the
+/// gateway process's RSS and peak RSS then, in KiB.
+async fn hold_backlog(
+    broker: &support::Broker,
+    ha: &support::FakeHa,
+    addr: std::net::SocketAddr,
+    pid: u32,
+    n: usize,
+    tag: &str,
+) -> (u64, u64) {
+    ha.set_delay(Duration::from_secs(30));
+    let publisher = support::TestClient::connect(broker.port, &format!("bench-backlog-{tag}"), &[]).await;
+    for i in 0..n {
+        let body = json!({"entity_id": format!("light.{tag}{i}")}).to_string();
+        publisher.publish(&format!("{PREFIX}/call/light/turn_on"), body).await;
+    }
+    let full = Instant::now();
+    loop {
+        let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+        let depth = text
+            .lines()
+            .find_map(|l| l.strip_prefix("mqtt_ha_gateway_queue_depth "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if depth >= n as f64 {
+            break;
+        }
+        assert!(full.elapsed() < Duration::from_secs(60), "the queue never filled ({depth})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rss_kib(pid)
+}
+
+/// `BENCH_ONLY=backlog`: a fresh gateway process with the default config
+/// (states of the entities called published), `n` commands queued.
+async fn backlog(n: usize) {
+    let Some((broker, ha, _dir, config, port)) = binary_setup("bench-backlog").await else { return };
+    let mut child = start_binary(&config, port, &[("LOG__LEVEL", "warn")]).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (idle, _) = rss_kib(child.id());
+    let (rss, peak) = hold_backlog(&broker, &ha, addr, child.id(), n, "q").await;
+    println!(
+        "backlog alone: {n} commands queued in a fresh process; RSS {:.1} MiB (peak {:.1} MiB, idle {:.1} MiB), {:.0} bytes per queued command",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        idle as f64 / 1024.0,
+        (rss.saturating_sub(idle) * 1024) as f64 / n as f64
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn main() {
     // `cargo test --all-targets` runs benches in test mode with `--bench`
     // absent: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
     let (n, m, entities, devices) = if quick { (200, 100, 100, 1_000) } else { (20_000, 2_000, 10_000, 100_000) };
     // BENCH_ONLY=hostile (a comma-separated list of routes, throughput,
-    // latency, console, process, hostile) runs only those steps.
+    // latency, console, process, backlog, hostile) runs only those steps.
     let only = std::env::var("BENCH_ONLY").ok();
     let run = |step: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == step));
     if run("routes") {
@@ -468,6 +508,9 @@ fn main() {
         }
         if run("process") {
             process(entities).await;
+        }
+        if run("backlog") {
+            backlog(entities).await;
         }
         if run("hostile") {
             hostile(devices).await;

@@ -166,11 +166,14 @@ impl Executor {
         if !slot.is_zero() {
             self.metrics.rate_limited.inc();
             self.metrics.rate_limit_wait.inc_by(slot.as_secs_f64());
-            match self.wait(Instant::now() + slot, cmd.deadline).await {
-                Wait::Done => {}
-                Wait::Deadline => return Err(Stop::Expired),
-                Wait::Shutdown => return Err(Stop::Shutdown),
-            }
+            let stop = match self.wait(Instant::now() + slot, cmd.deadline).await {
+                Wait::Done => return Ok(pass),
+                Wait::Deadline => Stop::Expired,
+                Wait::Shutdown => Stop::Shutdown,
+            };
+            // The token goes unused: the next command may have its slot.
+            self.limiter.release();
+            return Err(stop);
         }
         Ok(pass)
     }
@@ -633,6 +636,19 @@ mod tests {
         let outcome = executor.execute(&command_due_in(Duration::from_millis(400))).await;
         assert_eq!((outcome.error, outcome.attempts), (Some(ErrorCode::Expired), 0));
         assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+
+    /// A command that expires while it waits for the rate limit never uses
+    /// its token: it gives it back, so the next command waits for the slot
+    /// the expired one had, not the one after it (after a flood, the
+    /// limiter used to stay in debt by every expired command's token).
+    #[tokio::test(start_paused = true)]
+    async fn a_command_that_expires_waiting_for_the_rate_limit_gives_its_token_back() {
+        let executor = executor(Some(1));
+        let _ = executor.limiter.reserve(); // the burst of one is spent: the next slot is in 1 s
+        let outcome = executor.execute(&command_due_in(Duration::from_millis(400))).await;
+        assert_eq!(outcome.error, Some(ErrorCode::Expired));
+        assert_eq!(executor.limiter.reserve(), Duration::from_millis(600), "the expired command's slot, 600 ms on");
     }
 
     #[tokio::test(start_paused = true)]

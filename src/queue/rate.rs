@@ -3,6 +3,10 @@
 //! Reservation style: every caller takes a token now and is told how long to
 //! wait for it, so waiters are served in the order they asked, and the
 //! arithmetic is a pure function of `tokio::time::Instant` (tests pause time).
+//! A caller that gives up before its slot (its command expired, shutdown)
+//! releases its token, or the bucket would stay in debt by every token
+//! reserved and never used: after a flood of expiring commands every later
+//! command waited up to `queue.max_age`.
 //!
 //! Written here rather than taken from `governor` because governor keeps its
 //! own clock, which paused tokio time cannot drive.
@@ -31,14 +35,27 @@ impl TokenBucket {
 
     /// Takes one token; returns how long the caller must wait before using it.
     pub fn reserve(&mut self, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - 1.0;
+        self.refill(now);
+        self.tokens -= 1.0;
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-self.tokens / self.rate)
         }
+    }
+
+    /// Gives back a token that was reserved and will not be used (its
+    /// caller expired or is shutting down before its slot): the next
+    /// caller may take that slot. Waits already promised do not change.
+    pub fn release(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
     }
 }
 
@@ -78,6 +95,14 @@ impl RateLimiter {
         slot.max(paused.unwrap_or_default())
     }
 
+    /// Gives back the token of a [`reserve`](Self::reserve) whose caller
+    /// will not call after all.
+    pub fn release(&self) {
+        if let Some(b) = &self.bucket {
+            b.lock().expect("bucket lock is never poisoned: no panics under it").release(Instant::now());
+        }
+    }
+
     /// Starts no call for `pause` from now (a longer pause already set stays).
     pub fn pause(&self, pause: Duration) {
         let until = Instant::now() + pause;
@@ -106,6 +131,37 @@ mod tests {
         for (at, wait) in table {
             let got = b.reserve(t0 + ms(at));
             assert!((got.as_secs_f64() - ms(wait).as_secs_f64()).abs() < 1e-9, "at {at}: {got:?} != {wait}ms");
+        }
+    }
+
+    /// (reservations at ms, a release at ms, then reservations at ms) →
+    /// their waits in ms; rate 2/s, burst 1.
+    #[test]
+    fn a_released_token_shortens_the_next_wait() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        type Row = (&'static [u64], Option<u64>, &'static [u64], &'static [u64]);
+        let table: [Row; 4] = [
+            (&[0, 0], None, &[500], &[500]),
+            (&[0, 0], Some(100), &[500], &[0]), // one given back: its slot is free
+            (&[0, 0, 0], Some(0), &[500], &[500]),
+            (&[0], Some(200), &[200, 200], &[0, 500]), // a full bucket, never more than burst
+        ];
+        for (reserved, released, then, waits) in table {
+            let mut b = TokenBucket::new(nz(2), nz(1), t0);
+            for at in reserved {
+                b.reserve(t0 + ms(*at));
+            }
+            if let Some(at) = released {
+                b.release(t0 + ms(at));
+            }
+            for (at, wait) in then.iter().zip(waits) {
+                let got = b.reserve(t0 + ms(*at));
+                assert!(
+                    (got.as_secs_f64() - ms(*wait).as_secs_f64()).abs() < 1e-9,
+                    "{reserved:?}, released at {released:?}, at {at}: {got:?} != {wait}ms"
+                );
+            }
         }
     }
 
