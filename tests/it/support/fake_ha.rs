@@ -334,7 +334,12 @@ impl FakeHa {
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("timed out waiting for {what}; fake HA saw {} calls", self.calls().len());
+                let calls = self.calls();
+                let mut seen = std::collections::BTreeMap::<String, usize>::new();
+                for c in &calls {
+                    *seen.entry(format!("{}.{} {}", c.domain, c.service, c.body["entity_id"])).or_default() += 1;
+                }
+                panic!("timed out waiting for {what}; fake HA saw {} calls: {seen:?}", calls.len());
             }
         }
     }

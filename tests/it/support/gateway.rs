@@ -144,9 +144,23 @@ impl Gateway {
             if pred(v) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "timed out waiting on {sample} (now {v})");
+            assert!(Instant::now() < deadline, "timed out waiting on {sample} (now {v}); {}", self.summary());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Where the commands are, for a failure message: outcomes, HA's
+    /// answers, retries, the queue and the acks.
+    pub fn summary(&self) -> String {
+        const SHOWN: [&str; 6] =
+            ["commands_total", "ha_calls_total", "retries_total", "queue_depth", "acks_pending", "ha_up"];
+        self.metrics
+            .render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("mqtt_ha_gateway_"))
+            .filter(|l| SHOWN.iter().any(|m| l.starts_with(m)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// `GET` a path of the metrics server: (status, body).
