@@ -19,7 +19,7 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 # ---------------------------------------------------------------------------
 # Builder: compile the binary with Cargo.toml's `dist` profile (fat LTO, one
-# codegen unit: about 45 s more than `--release` on 2 cores, for 5 % fewer
+# codegen unit: about 45 s more than `--release` on 2 cores, for 4–5 % fewer
 # instructions per command and 2.5 MiB less RSS; docs/benchmarks.md). TLS is
 # rustls with ring, so no OpenSSL and no cmake are needed; ring's C parts
 # build with the image's gcc.
