@@ -68,7 +68,7 @@ impl RawState {
         }
     }
 
-    /// A state already parsed (a get's answer, tests).
+    /// A state already parsed (tests, benchmarks).
     pub fn from_value(state: &Value) -> Self {
         Self::new(serde_json::value::to_raw_value(state).expect("a JSON value always serialises"))
     }

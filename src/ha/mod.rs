@@ -146,8 +146,9 @@ impl HaClient {
         match action {
             Action::Call(call) => self.call_service(call, return_response).await,
             Action::Get(entity) => {
+                // Kept as HA's text, as a call's changed states are.
                 let (status, state) = self.get_json(&format!("api/states/{entity}")).await?;
-                Ok(CallResponse { status, changed: vec![RawState::from_value(&state)], response: None })
+                Ok(CallResponse { status, changed: vec![RawState::new(state)], response: None })
             }
         }
     }
@@ -158,7 +159,7 @@ impl HaClient {
     /// Then it becomes a server error, retried like a 503; from a running
     /// HA (or when HA's state cannot be read) the 400 stands.
     async fn unless_starting(&self, e: HaError) -> HaError {
-        let Ok((_, config)) = self.get_json("api/config").await else { return e };
+        let Ok((_, config)) = self.get_json::<Value>("api/config").await else { return e };
         match config.get("state").and_then(Value::as_str) {
             Some(state) if state != "RUNNING" => HaError {
                 kind: HaErrorKind::Server,
@@ -171,7 +172,7 @@ impl HaClient {
 
     /// `GET /api/config`'s `version`, parsed (`None`: not a version we can read).
     pub async fn get_version(&self) -> Result<(String, Option<HaVersion>), HaError> {
-        let (status, config) = self.get_json("api/config").await?;
+        let (status, config) = self.get_json::<Value>("api/config").await?;
         let Some(text) = config.get("version").and_then(Value::as_str) else {
             return Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "config has no version"));
         };
@@ -180,19 +181,19 @@ impl HaClient {
 
     /// `GET /api/services`: which services return a response.
     pub async fn get_services(&self) -> Result<Catalogue, HaError> {
-        let (status, services) = self.get_json("api/services").await?;
+        let (status, services) = self.get_json::<Value>("api/services").await?;
         Catalogue::parse(&services).map_err(|e| HaError::new(HaErrorKind::InvalidResponse, Some(status), e.to_string()))
     }
 
     /// `GET /api/states`: every entity's state.
     pub async fn get_states(&self) -> Result<Vec<Value>, HaError> {
-        match self.get_json("api/states").await? {
+        match self.get_json::<Value>("api/states").await? {
             (_, Value::Array(states)) => Ok(states),
             (status, _) => Err(HaError::new(HaErrorKind::InvalidResponse, Some(status), "states are not a list")),
         }
     }
 
-    async fn get_json(&self, path: &str) -> Result<(u16, Value), HaError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<(u16, T), HaError> {
         let response = self
             .http
             .get(self.url(path))

@@ -337,7 +337,7 @@ impl StateOut {
     }
 
     async fn publish(&self, state: &Value, touched: bool, force: bool) -> Published {
-        let Some(id) = state.get("entity_id").and_then(Value::as_str).filter(|id| EntityId::parse(id).is_some()) else {
+        let Some(id) = state.get("entity_id").and_then(Value::as_str).filter(|id| EntityId::is_valid(id)) else {
             return Published::Ignored;
         };
         self.export(id, Some(state));
